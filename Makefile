@@ -1,0 +1,54 @@
+# Tollway: the two commands the README promises are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run migrate seed test lint typecheck pytest services format clean
+
+help:
+	@echo "make run    build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
+	@echo "make test   ruff, mypy and pytest against real Postgres and Redis"
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The embedded default: SQLite under var/, local-memory cache, eager Celery, unless
+# DATABASE_URL / REDIS_URL say otherwise. DEBUG=1 so no SECRET_KEY is required locally.
+run: export DEBUG ?= 1
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py seeddemo
+	PORT=$(PORT) exec $(BIN)/gunicorn -c config/gunicorn.py
+
+migrate: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+
+services:
+	.ci/services
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy .
+
+pytest: $(STAMP) services
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,101 @@
+"""Money: what is sold (models and their prices) and the usage ledger."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import ApiKey, Tenant
+
+# Prices are USD per million tokens with up to 6 decimal places (e.g. $0.000150);
+# ledger amounts keep 9 decimal places (ARCHITECTURE.md §4).
+PRICE_DIGITS, PRICE_PLACES = 18, 6
+AMOUNT_DIGITS, AMOUNT_PLACES = 20, 9
+
+
+class Model(models.Model):
+    """A public model name tenants ask for, e.g. ``gpt-4.1``.
+
+    Which providers serve it is the proxy's business (``proxy.Deployment``).
+    """
+
+    name = models.CharField(max_length=200, unique=True, help_text="Public id, e.g. gpt-4.1")
+    owned_by = models.CharField(max_length=100, default="tollway", help_text="Shown in /v1/models")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Price(models.Model):
+    """A model's list price from ``effective_from`` until the next price starts."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="prices")
+    input_per_mtok = models.DecimalField(
+        max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, help_text="USD per million input tokens"
+    )
+    output_per_mtok = models.DecimalField(
+        max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, help_text="USD per million output tokens"
+    )
+    effective_from = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="price_unique_start"),
+            models.CheckConstraint(
+                condition=models.Q(input_per_mtok__gte=0) & models.Q(output_per_mtok__gte=0),
+                name="price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model}: ${self.input_per_mtok}/${self.output_per_mtok} per Mtok from {self.effective_from:%Y-%m-%d}"
+        )
+
+
+class UsageRecord(models.Model):
+    """One row per billable upstream call. Append-only; ``request_id`` makes writes idempotent.
+
+    The prices it was charged at are copied in, so a later price change never rewrites
+    history, and the provider is kept as text so billing never depends on the transport.
+    """
+
+    class Outcome(models.TextChoices):
+        COMPLETED = "completed", "Completed"
+        CLIENT_GONE = "client_disconnected", "Client disconnected"
+        UPSTREAM_ERROR = "upstream_error", "Upstream failed mid-stream"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records")
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="usage_records")
+    provider = models.CharField(max_length=200)
+    upstream_model = models.CharField(max_length=200)
+    input_tokens = models.PositiveIntegerField()
+    output_tokens = models.PositiveIntegerField()
+    input_price_per_mtok = models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)
+    output_price_per_mtok = models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)
+    cost = models.DecimalField(
+        max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_PLACES, help_text="USD charged to the tenant"
+    )
+    usage_estimated = models.BooleanField(
+        default=False, help_text="The upstream reported no usage (e.g. a cut stream); tokens were counted by Tollway."
+    )
+    streamed = models.BooleanField(default=False)
+    outcome = models.CharField(max_length=24, choices=Outcome.choices, default=Outcome.COMPLETED)
+    latency_ms = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.request_id

@@ -1,0 +1,80 @@
+"""A two-tier read-through cache for the hot path: process memory, then Redis, then the loader.
+
+Why two tiers: with warm caches, authenticating a key or resolving a model must not touch
+Postgres (ARCHITECTURE.md §2). The in-process tier answers most requests without even a
+Redis round trip; it is trusted for ``LOCAL_CACHE_SECONDS`` only, which bounds how long a
+revocation takes to reach another replica. Writes call :meth:`TieredCache.invalidate`,
+which deletes the shared entry at once.
+
+The shared tier is used only when Redis is configured. In the embedded default each
+worker process has its own local-memory cache, so a shared tier would go stale across
+workers; there the local tier falls straight through to the database.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from django.conf import settings
+from django.core.cache import cache
+
+T = TypeVar("T")
+
+_MISSING = "__tollway_missing__"
+_MAX_LOCAL_ENTRIES = 50_000
+
+
+def _shared_enabled() -> bool:
+    return bool(getattr(settings, "REDIS_URL", ""))
+
+
+class TieredCache(Generic[T]):
+    """Read-through cache of ``loader(key)`` results; ``None`` results are cached too."""
+
+    def __init__(self, namespace: str, loader: Callable[[str], T | None]) -> None:
+        self.namespace = namespace
+        self.loader = loader
+        self._local: dict[str, tuple[float, T | None]] = {}
+        self._lock = threading.Lock()
+
+    def _shared_key(self, key: str) -> str:
+        return f"{self.namespace}:{key}"
+
+    def get(self, key: str) -> T | None:
+        now = time.monotonic()
+        hit = self._local.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = self._fetch(key)
+        if len(self._local) >= _MAX_LOCAL_ENTRIES:
+            self._local.clear()
+        self._local[key] = (now + settings.TOLLWAY["LOCAL_CACHE_SECONDS"], value)
+        return value
+
+    def _fetch(self, key: str) -> T | None:
+        if not _shared_enabled():
+            return self.loader(key)
+        shared_key = self._shared_key(key)
+        stored = cache.get(shared_key)
+        if stored is not None:
+            return None if stored == _MISSING else stored
+        value = self.loader(key)
+        ttl = settings.TOLLWAY["SHARED_CACHE_SECONDS"]
+        # A miss is kept briefly, so a forged key id cannot make every request hit Postgres.
+        cache.set(shared_key, _MISSING if value is None else value, ttl if value is not None else min(ttl, 30))
+        return value
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Forget ``keys`` here and in the shared tier; other processes follow within
+        ``LOCAL_CACHE_SECONDS``."""
+        keys = list(keys)
+        for key in keys:
+            self._local.pop(key, None)
+        if keys and _shared_enabled():
+            cache.delete_many([self._shared_key(key) for key in keys])
+
+    def clear_local(self) -> None:
+        self._local.clear()

@@ -1,0 +1,190 @@
+"""Django settings for Tollway, read from the environment through ``config.env``.
+
+Two profiles, chosen by what is set:
+
+* **Embedded default** (nothing set): SQLite under ``var/``, Django's local-memory
+  cache and eager Celery. This is what ``make run`` uses.
+* **Production profile**: ``DATABASE_URL`` selects Postgres with Django's psycopg 3
+  connection pool; ``REDIS_URL`` selects Redis for the cache, the counters and the
+  Celery broker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from config.env import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env.str("TOLLWAY_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.secret("SECRET_KEY", debug=DEBUG, dev_default="dev-only-insecure-secret-key-do-not-use-in-production")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "tenants",
+    "billing",
+    "proxy",
+]
+
+MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------
+# Postgres goes through Django's psycopg 3 pool with CONN_MAX_AGE = 0: under gevent
+# every greenlet would otherwise open its own server connection (ARCHITECTURE.md §1).
+if env.has("DATABASE_URL"):
+    _db: dict[str, Any] = dict(dj_database_url.parse(env.str("DATABASE_URL")))
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        _db["CONN_MAX_AGE"] = 0
+        _db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("DB_POOL_MIN_SIZE", 1),
+            "max_size": env.int("DB_POOL_MAX_SIZE", 10),
+            "timeout": env.float("DB_POOL_TIMEOUT", 10.0),
+        }
+    DATABASES = {"default": _db}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(VAR_DIR / "tollway.sqlite3"),
+            # gevent greenlets share a worker; wait for SQLite's lock instead of failing.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache and Redis ------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "tw:cache",
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "SOCKET_CONNECT_TIMEOUT": 2,
+                "SOCKET_TIMEOUT": 2,
+                "CONNECTION_POOL_KWARGS": {"max_connections": env.int("REDIS_MAX_CONNECTIONS", 100)},
+            },
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Celery ----------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = not bool(REDIS_URL) and not env.has("CELERY_BROKER_URL")
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+
+# --- Auth, i18n, static ---------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", str(VAR_DIR / "static")))
+
+# The largest request body the app accepts; nginx's client_max_body_size matches it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("TOLLWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)
+
+# --- Security when served over TLS behind nginx ---------------------------------------
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- DRF -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "EXCEPTION_HANDLER": "config.errors.drf_exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Tollway's own knobs (read through tenants.conf / proxy.conf) ----------------------
+TOLLWAY: dict[str, Any] = {
+    # Seconds a worker trusts its in-process copy of a key or model before asking the
+    # shared cache again: the bound on how long a revocation takes to reach a replica.
+    "LOCAL_CACHE_SECONDS": env.float("TOLLWAY_LOCAL_CACHE_SECONDS", 1.0),
+    # Seconds the shared (Redis) tier keeps a key or model; writes delete it at once.
+    "SHARED_CACHE_SECONDS": env.int("TOLLWAY_SHARED_CACHE_SECONDS", 300),
+    "UPSTREAM_CONNECT_TIMEOUT": env.float("TOLLWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0),
+    "UPSTREAM_READ_TIMEOUT": env.float("TOLLWAY_UPSTREAM_READ_TIMEOUT", 300.0),
+    "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
+    "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 100),
+    # The built-in mock provider's pacing (milliseconds).
+    "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
+    "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),
+}
+
+# --- Logging ---------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # 4xx answers are the client's business and already in the access log.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
+}
+
+# nginx overwrites X-Request-ID with its own unique $request_id; trust it only there.
+TOLLWAY_TRUST_REQUEST_ID = env.bool("TOLLWAY_TRUST_REQUEST_ID", False)

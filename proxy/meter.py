@@ -1,0 +1,75 @@
+"""Stage 7, meter: price the call and write its one ledger row.
+
+Usage comes from the provider's own count. When it never arrives (a stream cut before
+its usage chunk), the call is still billed, from Tollway's count of the prompt and of
+what was relayed, and the row says it was estimated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from billing.ledger import UsageEntry, usage_record_create
+from billing.models import UsageRecord
+from billing.pricing import TokenUsage
+from proxy import tokens
+from proxy.parse import ChatRequest
+from proxy.route import Route
+from tenants.selectors import KeyPrincipal
+
+
+@dataclass
+class Call:
+    """One billable call, from admission to its ledger row."""
+
+    request_id: str
+    principal: KeyPrincipal
+    route: Route
+    chat: ChatRequest
+    started: float = field(default_factory=time.monotonic)
+    created_at: datetime = field(default_factory=timezone.now)
+    cost: Decimal | None = None
+
+    @property
+    def metered(self) -> bool:
+        return self.cost is not None
+
+
+def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
+    return TokenUsage(input_tokens=tokens.prompt_tokens(chat.messages), output_tokens=tokens.count(completion_text))
+
+
+def record(
+    call: Call,
+    usage: TokenUsage,
+    *,
+    estimated: bool,
+    outcome: UsageRecord.Outcome = UsageRecord.Outcome.COMPLETED,
+) -> Decimal:
+    """Write the ledger row once; a second call for the same Call returns the first cost."""
+    if call.cost is not None:
+        return call.cost
+    target = call.route.target
+    call.cost = usage_record_create(
+        entry=UsageEntry(
+            request_id=call.request_id,
+            created_at=call.created_at,
+            tenant_id=call.principal.tenant_pk,
+            api_key_id=call.principal.api_key_pk,
+            model_id=call.route.entry.model_pk,
+            provider=target.provider_name,
+            upstream_model=target.upstream_model,
+            usage=usage,
+            price=call.route.price,
+            usage_estimated=estimated,
+            streamed=call.chat.stream,
+            outcome=outcome,
+            latency_ms=int((time.monotonic() - call.started) * 1000),
+        )
+    )
+    return call.cost

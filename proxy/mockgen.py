@@ -1,0 +1,172 @@
+"""Deterministic chat completions, shared by the built-in mock provider and the mock
+upstream server (``python -m proxy.mockupstream``).
+
+The same request always gets the same answer, and the usage it reports is the true
+count of what it sent (``proxy.tokens``), so tests can check billing to the token.
+Kept free of Django.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from proxy import tokens
+
+DEFAULT_MAX_TOKENS = 40
+_WORDS = [
+    "tollway",
+    "routes",
+    "every",
+    "request",
+    "through",
+    "a",
+    "fair",
+    "and",
+    "exact",
+    "gateway",
+    "that",
+    "meters",
+    "tokens",
+    "prices",
+    "usage",
+    "streams",
+    "answers",
+    "retries",
+    "failures",
+    "and",
+    "keeps",
+    "the",
+    "ledger",
+    "honest",
+    "for",
+    "each",
+    "tenant",
+    "model",
+    "provider",
+    "key",
+    "budget",
+    "invoice",
+    "and",
+    "report",
+    "while",
+    "latency",
+    "stays",
+    "low",
+    "and",
+    "throughput",
+    "stays",
+    "high",
+    "under",
+    "load",
+]
+
+
+def _seed(messages: Sequence[Mapping[str, Any]], index: int) -> bytes:
+    last_user = ""
+    for message in messages:
+        if message.get("role") == "user":
+            last_user, _ = tokens.content_text(message.get("content"))
+    return hashlib.sha256(f"{index}:{last_user}".encode()).digest()
+
+
+def reply(messages: Sequence[Mapping[str, Any]], *, max_tokens: int | None, index: int = 0) -> tuple[str, str]:
+    """The reply text and its finish reason ("stop", or "length" when cut at max_tokens)."""
+    seed = _seed(messages, index)
+    length = 12 + seed[0] % 16  # words
+    words = [_WORDS[seed[(i + 1) % len(seed)] * (i + 1) % len(_WORDS)] for i in range(length)]
+    text = "Mock answer: " + " ".join(words) + "."
+    limit = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    parts = tokens.pieces(text)
+    if len(parts) > limit:
+        return "".join(parts[:limit]), "length"
+    return text, "stop"
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def _completion_id(body: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(repr(body.get("messages")).encode()).hexdigest()[:24]
+    return f"chatcmpl-mock{digest}"
+
+
+def completion(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object for the request ``body``."""
+    messages = body["messages"]
+    n = body["n"] if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    choices = []
+    completion_tokens = 0
+    for index in range(n):
+        text, finish = reply(messages, max_tokens=_max_tokens(body), index=index)
+        completion_tokens += tokens.count(text)
+        choices.append(
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        )
+    return {
+        "id": _completion_id(body),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": _usage(tokens.prompt_tokens(messages), completion_tokens),
+        "system_fingerprint": "fp_tollway_mock",
+    }
+
+
+def chunks(
+    body: Mapping[str, Any], *, model: str, chunk_delay: float = 0.0, with_usage: bool | None = None
+) -> Iterator[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects of a streamed answer, one token per chunk.
+
+    The usage chunk (``choices: []``) comes last when the request asked for it through
+    ``stream_options.include_usage``, or when ``with_usage`` says so.
+    """
+    messages = body["messages"]
+    if with_usage is None:
+        options = body.get("stream_options") or {}
+        with_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
+    text, finish = reply(messages, max_tokens=_max_tokens(body))
+    base = {
+        "id": _completion_id(body),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_tollway_mock",
+    }
+    extra: dict[str, Any] = {"usage": None} if with_usage else {}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            **base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            **extra,
+        }
+
+    yield chunk({"role": "assistant", "content": "", "refusal": None})
+    for piece in tokens.pieces(text):
+        if chunk_delay:
+            time.sleep(chunk_delay)
+        yield chunk({"content": piece})
+    yield chunk({}, finish)
+    if with_usage:
+        yield {**base, "choices": [], "usage": _usage(tokens.prompt_tokens(messages), tokens.count(text))}

@@ -1,0 +1,65 @@
+"""How models are delivered: upstream providers and the deployments that serve each model."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from billing.models import Model
+
+
+class Provider(models.Model):
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Google Gemini"
+        MOCK = "mock", "Built-in mock"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    base_url = models.URLField(blank=True, help_text="e.g. https://api.openai.com/v1 (not used by the mock)")
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Name of the environment variable holding this provider's API key. "
+        "The key itself is never stored in the database.",
+    )
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.kind != self.Kind.MOCK and not self.base_url:
+            raise ValidationError({"base_url": "A base URL is required for this kind of provider."})
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            raise ValidationError({"api_key_env": "Use an environment variable name, e.g. OPENAI_API_KEY."})
+
+    @property
+    def credential_configured(self) -> bool:
+        return not self.api_key_env or bool(os.environ.get(self.api_key_env))
+
+
+class Deployment(models.Model):
+    """One way to serve a public model: a provider and the model name it knows."""
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="deployments")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_model = models.CharField(max_length=200, help_text="The model name the provider expects")
+    priority = models.PositiveSmallIntegerField(default=0, help_text="Lower is tried first")
+    weight = models.PositiveIntegerField(default=1, help_text="Share of traffic within its priority")
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["model", "priority", "-weight"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "provider", "upstream_model"], name="deployment_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} → {self.provider}/{self.upstream_model}"

@@ -1,0 +1,139 @@
+"""Stage 4, route: resolve the public model to a price and an upstream deployment.
+
+Resolution reads through a two-tier cache, so with warm caches it costs no database
+query, and its cost does not grow with the number of models or prices.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from billing.models import Model
+from billing.pricing import PriceSnapshot, price_at
+from billing.selectors import price_snapshots
+from config.cache import TieredCache
+from config.errors import ErrorCode, NotFound, UpstreamError
+from proxy.models import Deployment
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment as the request path sees it: plain data, safe to cache."""
+
+    deployment_pk: int
+    provider_name: str
+    kind: str
+    base_url: str
+    api_key_env: str
+    upstream_model: str
+    priority: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    model_pk: int
+    name: str
+    prices: tuple[PriceSnapshot, ...]
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    name: str
+    created: int
+    owned_by: str
+
+
+def _load_route(name: str) -> RouteEntry | None:
+    model = Model.objects.filter(name=name, is_active=True).first()
+    if model is None:
+        return None
+    deployments = (
+        Deployment.objects.filter(model=model, is_active=True, provider__is_active=True)
+        .select_related("provider")
+        .order_by("priority", "pk")
+    )
+    return RouteEntry(
+        model_pk=model.pk,
+        name=model.name,
+        prices=tuple(price_snapshots(model_id=model.pk)),
+        targets=tuple(
+            Target(
+                deployment_pk=d.pk,
+                provider_name=d.provider.name,
+                kind=d.provider.kind,
+                base_url=d.provider.base_url,
+                api_key_env=d.provider.api_key_env,
+                upstream_model=d.upstream_model,
+                priority=d.priority,
+                weight=d.weight,
+            )
+            for d in deployments
+        ),
+    )
+
+
+def _load_listing(_: str) -> tuple[ModelListing, ...]:
+    models = (
+        Model.objects.filter(is_active=True, prices__isnull=False, deployments__is_active=True)
+        .distinct()
+        .order_by("name")
+    )
+    return tuple(ModelListing(m.name, int(m.created_at.timestamp()), m.owned_by) for m in models)
+
+
+routes: TieredCache[RouteEntry] = TieredCache("tw:route", _load_route)
+listings: TieredCache[tuple[ModelListing, ...]] = TieredCache("tw:models", _load_listing)
+
+
+@dataclass(frozen=True)
+class Route:
+    entry: RouteEntry
+    price: PriceSnapshot
+    target: Target
+
+
+def resolve(model_name: str, *, rng: random.Random | None = None) -> Route:
+    """The price in effect now and one deployment to call, or an OpenAI-shaped error."""
+    entry = routes.get(model_name)
+    if entry is None:
+        raise NotFound(
+            f"The model `{model_name}` does not exist or you do not have access to it.",
+            param="model",
+            code=ErrorCode.MODEL_NOT_FOUND,
+        )
+    price = price_at(entry.prices, timezone.now())
+    if price is None:
+        # Never serve what we cannot price: a silent $0 is how gateways lose money.
+        raise NotFound(
+            f"The model `{model_name}` is not available: it has no price in effect.",
+            param="model",
+            code=ErrorCode.MODEL_NOT_FOUND,
+        )
+    if not entry.targets:
+        raise UpstreamError(
+            f"The model `{model_name}` has no active deployment right now.",
+            code=ErrorCode.NO_DEPLOYMENT,
+            status=503,
+        )
+    return Route(entry=entry, price=price, target=pick_target(entry.targets, rng=rng))
+
+
+def pick_target(targets: tuple[Target, ...], *, rng: random.Random | None = None) -> Target:
+    """Weighted random choice among the targets of the best (lowest) priority."""
+    best = min(t.priority for t in targets)
+    tier = [t for t in targets if t.priority == best]
+    weights = [max(t.weight, 0) for t in tier]
+    if sum(weights) == 0:
+        weights = [1] * len(tier)
+    return (rng or random).choices(tier, weights=weights, k=1)[0]
+
+
+def catalog_invalidate() -> None:
+    """Forget every cached route and the model listing, after any catalog change."""
+    routes.invalidate(Model.objects.values_list("name", flat=True))
+    listings.invalidate(["all"])

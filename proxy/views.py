@@ -1,0 +1,116 @@
+"""The OpenAI-compatible endpoints. Thin: each runs the request-path stages in order.
+
+The hot path uses plain Django views rather than DRF: DRF's per-request negotiation and
+wrapping cost more than the rest of the path, and these endpoints need none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.core.cache import cache
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
+from proxy import adapters, auth, meter, parse, relay, route
+from proxy.errors import error_response
+
+log = logging.getLogger(__name__)
+
+View = Callable[..., HttpResponseBase]
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response."""
+
+    def decorator(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            try:
+                if request.method not in methods:
+                    raise MethodNotAllowed(f"{request.method} is not allowed here; use {' or '.join(methods)}.")
+                return view(request, *args, **kwargs)
+            except TollwayError as exc:
+                response = error_response(exc)
+                if isinstance(exc, MethodNotAllowed):
+                    response["Allow"] = ", ".join(methods)
+                return response
+
+        return wrapper
+
+    return decorator
+
+
+@api_view("POST")
+def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    chat = parse.chat_request(request)
+    principal = auth.authenticate(request)
+    chosen = route.resolve(chat.model)
+    adapter = adapters.for_kind(chosen.target.kind)
+    call = meter.Call(request_id=request.request_id, principal=principal, route=chosen, chat=chat)  # type: ignore[attr-defined]
+    body = chat.upstream_body(chosen.target.upstream_model)
+    if chat.stream:
+        return relay.stream_response(call, adapter.stream(chosen.target, body))
+    return relay.json_response(call, adapter.complete(chosen.target, body))
+
+
+def _model_object(listing: route.ModelListing) -> dict[str, Any]:
+    return {"id": listing.name, "object": "model", "created": listing.created, "owned_by": listing.owned_by}
+
+
+@api_view("GET")
+def models_list(request: HttpRequest) -> HttpResponseBase:
+    auth.authenticate(request)
+    listings = route.listings.get("all") or ()
+    return JsonResponse({"object": "list", "data": [_model_object(m) for m in listings]})
+
+
+@api_view("GET")
+def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
+    auth.authenticate(request)
+    for listing in route.listings.get("all") or ():
+        if listing.name == model:
+            return JsonResponse(_model_object(listing))
+    raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+
+def health(request: HttpRequest) -> HttpResponse:
+    """Liveness: the process answers. Checks nothing else, so a database outage does not
+    make an orchestrator restart every replica."""
+    return JsonResponse({"status": "ok"})
+
+
+def ready(request: HttpRequest) -> HttpResponse:
+    """Readiness: the database and the cache answer."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        log.warning("ready: database check failed: %r", exc)
+        checks["database"] = "unavailable"
+    try:
+        cache.set("tw:ready", "1", 5)
+        checks["cache"] = "ok" if cache.get("tw:ready") == "1" else "unavailable"
+    except Exception as exc:
+        log.warning("ready: cache check failed: %r", exc)
+        checks["cache"] = "unavailable"
+    ok = all(v == "ok" for v in checks.values())
+    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return error_response(
+        NotFound(f"No endpoint {request.method} {request.path}. See /v1/models and /v1/chat/completions.")
+    )
+
+
+def json_server_error(request: HttpRequest) -> HttpResponse:
+    return error_response(UpstreamError("Tollway hit an internal error; it has been logged.", status=500))

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from tenants import services
+from tenants.models import ApiKey, Tenant
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("display", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # keys are issued from the API key page, which shows the secret once
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "status", "monthly_budget_usd", "created_at")
+    list_filter = ("status",)
+    search_fields = ("slug", "name")
+    inlines = [ApiKeyInline]
+    actions = ["suspend", "activate"]
+
+    @admin.action(description="Suspend selected tenants (their keys answer 403)")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            services.tenant_set_status(tenant=tenant, status=Tenant.Status.SUSPENDED)
+        self.message_user(request, f"Suspended {queryset.count()} tenant(s).")
+
+    @admin.action(description="Reactivate selected tenants")
+    def activate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            services.tenant_set_status(tenant=tenant, status=Tenant.Status.ACTIVE)
+        self.message_user(request, f"Activated {queryset.count()} tenant(s).")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("display", "tenant", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+    list_filter = ("tenant",)
+    search_fields = ("key_id", "name", "tenant__slug")
+    list_select_related = ("tenant",)
+    readonly_fields = ("display", "created_at", "revoked_at", "last_used_at")
+    actions = ["revoke"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ["tenant", "name", "expires_at"]
+        return ["display", "tenant", "name", "created_at", "expires_at", "revoked_at", "last_used_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        return ("display", "tenant", "created_at", "revoked_at", "last_used_at")
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        plaintext = services.api_key_issue(api_key=obj)
+        messages.warning(request, f"Copy this key now; it will not be shown again: {plaintext}")
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for api_key in queryset:
+            services.api_key_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead: the ledger refers to keys

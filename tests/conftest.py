@@ -1,0 +1,197 @@
+"""Shared fixtures: tenants, keys, a priced catalog, and a real mock upstream on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.core.cache import cache
+from django.test import Client
+
+from billing.models import Model, Price
+from proxy.models import Deployment, Provider
+from proxy.route import listings, routes
+from tenants import services
+from tenants.cache import principals
+from tenants.models import Tenant
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY_ENV = "TOLLWAY_TEST_UPSTREAM_KEY"
+UPSTREAM_KEY = "sk-upstream-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Upstream:
+    base_url: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[Upstream]:
+    """``python -m proxy.mockupstream`` as a real HTTP server on loopback, requiring a key."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY],
+        cwd=ROOT,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        yield Upstream(base_url=f"http://127.0.0.1:{port}/v1", port=port)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with empty caches: the database is rolled back between tests
+    without signals, so cached keys and routes from a previous test must not survive."""
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    cache.clear()
+    for tier in (principals, routes, listings):
+        tier.clear_local()
+    yield
+    for tier in (principals, routes, listings):
+        tier.clear_local()
+
+
+@pytest.fixture
+def tenant(db: None) -> Tenant:
+    return services.tenant_create(slug="acme", name="Acme Corp")
+
+
+@pytest.fixture
+def other_tenant(db: None) -> Tenant:
+    return services.tenant_create(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def make_key() -> Callable[..., services.CreatedKey]:
+    def make(tenant: Tenant, name: str = "test") -> services.CreatedKey:
+        return services.api_key_create(tenant=tenant, name=name)
+
+    return make
+
+
+@pytest.fixture
+def key(tenant: Tenant, make_key: Callable[..., services.CreatedKey]) -> services.CreatedKey:
+    return make_key(tenant)
+
+
+PRICES = {"gpt-4.1": ("8.00", "32.00"), "deepseek-v3": ("0.42", "1.68")}
+
+
+@dataclass
+class Catalog:
+    mock: Provider
+    models: dict[str, Model]
+
+    def price(self, name: str) -> tuple[Decimal, Decimal]:
+        price = self.models[name].prices.get()
+        return price.input_per_mtok, price.output_per_mtok
+
+    def add_http_model(self, name: str, upstream: Upstream, upstream_model: str, prices: tuple[str, str] = ("8", "32")) -> Model:
+        """A model served by the loopback mock upstream as an OpenAI-compatible provider."""
+        provider, _ = Provider.objects.get_or_create(
+            name="loopback",
+            defaults={"kind": Provider.Kind.OPENAI, "base_url": upstream.base_url, "api_key_env": UPSTREAM_KEY_ENV},
+        )
+        model = Model.objects.create(name=name)
+        Price.objects.create(model=model, input_per_mtok=Decimal(prices[0]), output_per_mtok=Decimal(prices[1]))
+        Deployment.objects.create(model=model, provider=provider, upstream_model=upstream_model)
+        self.models[name] = model
+        return model
+
+
+@pytest.fixture
+def catalog(db: None) -> Catalog:
+    """Two priced models served by the built-in mock provider."""
+    mock = Provider.objects.create(name="mock", kind=Provider.Kind.MOCK)
+    models = {}
+    for name, (pin, pout) in PRICES.items():
+        model = Model.objects.create(name=name)
+        Price.objects.create(model=model, input_per_mtok=Decimal(pin), output_per_mtok=Decimal(pout))
+        Deployment.objects.create(model=model, provider=mock, upstream_model=name)
+        models[name] = model
+    return Catalog(mock=mock, models=models)
+
+
+class Api:
+    """The Django test client speaking to the OpenAI-compatible API with a key."""
+
+    def __init__(self, client: Client, token: str | None) -> None:
+        self.client = client
+        self.token = token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def chat(self, body: Any, *, raw: bytes | None = None, prefix: str = "/v1") -> Any:
+        data = raw if raw is not None else json.dumps(body)
+        return self.client.post(
+            f"{prefix}/chat/completions", data=data, content_type="application/json", headers=self.headers()
+        )
+
+    def get(self, path: str) -> Any:
+        return self.client.get(path, headers=self.headers())
+
+
+@pytest.fixture
+def api(client: Client, key: services.CreatedKey) -> Api:
+    return Api(client, key.plaintext)
+
+
+def sse_events(response: Any) -> list[Any]:
+    """The decoded ``data:`` payloads of a streamed response; "[DONE]" stays a string."""
+    text = b"".join(response.streaming_content).decode()
+    events: list[Any] = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            payload = block[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+os.environ.setdefault(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
