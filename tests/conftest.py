@@ -41,7 +41,7 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] |
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             httpx.get(url, timeout=1.0)
             return
@@ -128,7 +128,9 @@ class Catalog:
         price = self.models[name].prices.get()
         return price.input_per_mtok, price.output_per_mtok
 
-    def add_http_model(self, name: str, upstream: Upstream, upstream_model: str, prices: tuple[str, str] = ("8", "32")) -> Model:
+    def add_http_model(
+        self, name: str, upstream: Upstream, upstream_model: str, prices: tuple[str, str] = ("8", "32")
+    ) -> Model:
         """A model served by the loopback mock upstream as an OpenAI-compatible provider."""
         provider, _ = Provider.objects.get_or_create(
             name="loopback",

@@ -58,7 +58,12 @@ def test_each_call_gets_its_own_row(api: Api, catalog: Catalog) -> None:
 
 def test_stream_relays_chunks_and_reports_cost_when_asked(api: Api, catalog: Catalog) -> None:
     response = api.chat(
-        {"model": "gpt-4.1", "messages": user("stream please"), "stream": True, "stream_options": {"include_usage": True}}
+        {
+            "model": "gpt-4.1",
+            "messages": user("stream please"),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
     )
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/event-stream")
@@ -145,7 +150,12 @@ class TestLoopbackUpstream:
     def test_stream(self, api: Api, catalog: Catalog, mock_upstream: Upstream) -> None:
         catalog.add_http_model("vllm-llama", mock_upstream, "meta-llama-3")
         response = api.chat(
-            {"model": "vllm-llama", "messages": user("stream over http"), "stream": True, "stream_options": {"include_usage": True}}
+            {
+                "model": "vllm-llama",
+                "messages": user("stream over http"),
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
         )
         events = sse_events(response)
         assert events[-1] == "[DONE]"

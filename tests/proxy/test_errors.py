@@ -15,7 +15,9 @@ from tests.conftest import UPSTREAM_KEY, Api, Catalog, Upstream, free_port, user
 pytestmark = pytest.mark.django_db
 
 
-def assert_openai_error(response: Any, status: int, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+def assert_openai_error(
+    response: Any, status: int, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.content
     assert response["Content-Type"] == "application/json"
     error = response.json()["error"]
@@ -64,7 +66,9 @@ class TestBadInput:
         assert_openai_error(api.chat(body), 400, param=param)
 
     def test_unknown_model(self, api: Api, catalog: Catalog) -> None:
-        error = assert_openai_error(api.chat({"model": "gpt-9", "messages": user("hi")}), 404, "model_not_found", "model")
+        error = assert_openai_error(
+            api.chat({"model": "gpt-9", "messages": user("hi")}), 404, "model_not_found", "model"
+        )
         assert "gpt-9" in error["message"]
 
     def test_model_without_price_is_not_served(self, api: Api, catalog: Catalog) -> None:
@@ -92,7 +96,12 @@ class TestAuthentication:
         assert_openai_error(Api(client, None).chat(self.body), 401, "invalid_api_key")
 
     def test_not_bearer(self, client: Client, catalog: Catalog, key: services.CreatedKey) -> None:
-        response = client.post("/v1/chat/completions", data=self.body, content_type="application/json", headers={"Authorization": f"Basic {key.plaintext}"})
+        response = client.post(
+            "/v1/chat/completions",
+            data=self.body,
+            content_type="application/json",
+            headers={"Authorization": f"Basic {key.plaintext}"},
+        )
         assert_openai_error(response, 401, "invalid_api_key")
 
     def test_garbage_key(self, client: Client, catalog: Catalog) -> None:

@@ -14,7 +14,7 @@ def _usd(value: str) -> Decimal:
         amount = Decimal(value)
     except InvalidOperation:
         raise CommandError(f"--monthly-budget-usd {value!r} is not a number, e.g. 250 or 99.50") from None
-    if amount < 0 or not amount.is_finite():
+    if not amount.is_finite() or amount < 0:
         raise CommandError("--monthly-budget-usd must be zero or more.")
     return amount
 

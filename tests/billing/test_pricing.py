@@ -1,0 +1,72 @@
+"""Money is exact: Decimal arithmetic, one rounding rule, effective-dated prices."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from billing.ledger import UsageEntry, usage_record_create
+from billing.models import Model, UsageRecord
+from billing.pricing import PriceSnapshot, TokenUsage, cost_of, price_at
+from tenants.models import Tenant
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def price(pin: str, pout: str, start: datetime = T0) -> PriceSnapshot:
+    return PriceSnapshot(Decimal(pin), Decimal(pout), start)
+
+
+def test_cost_is_exact_where_floats_drift() -> None:
+    # 0.1 + 0.2 style drift is what a float ledger gets wrong.
+    cost = cost_of(TokenUsage(input_tokens=3, output_tokens=7), price("0.42", "1.68"))
+    assert cost == Decimal("0.000013020")
+    assert str(cost) == "0.000013020"
+
+
+def test_cost_of_a_million_tokens_is_the_list_price() -> None:
+    assert cost_of(TokenUsage(1_000_000, 1_000_000), price("8", "32")) == Decimal("40")
+
+
+def test_rounding_is_half_up_at_nine_places() -> None:
+    # 1 token at $0.0000005/Mtok is 5e-13 USD: below the ledger's precision, rounds to 0;
+    # 1 token at $0.0005/Mtok is exactly 5e-10, which rounds half-up to 1e-9.
+    assert cost_of(TokenUsage(1, 0), price("0.0000005", "0")) == Decimal("0E-9")
+    assert cost_of(TokenUsage(1, 0), price("0.0005", "0")) == Decimal("0.000000001")
+
+
+def test_price_at_picks_the_price_in_effect() -> None:
+    later = datetime(2026, 6, 1, tzinfo=UTC)
+    prices = [price("1", "2", later), price("8", "32", T0)]  # newest first
+    assert price_at(prices, datetime(2026, 3, 1, tzinfo=UTC)) == prices[1]
+    assert price_at(prices, later) == prices[0]
+    assert price_at(prices, datetime(2025, 1, 1, tzinfo=UTC)) is None
+
+
+@pytest.mark.django_db
+def test_ledger_write_is_idempotent_per_request_id() -> None:
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    model = Model.objects.create(name="gpt-4.1")
+    entry = UsageEntry(
+        request_id="req-1",
+        created_at=T0,
+        tenant_id=tenant.pk,
+        api_key_id=None,
+        model_id=model.pk,
+        provider="mock",
+        upstream_model="gpt-4.1",
+        usage=TokenUsage(100, 50),
+        price=price("8", "32"),
+        usage_estimated=False,
+        streamed=False,
+        outcome=UsageRecord.Outcome.COMPLETED,
+        latency_ms=12,
+    )
+    assert usage_record_create(entry=entry) == Decimal("0.002400000")
+    assert usage_record_create(entry=entry) == Decimal("0.002400000")
+    assert UsageRecord.objects.count() == 1
+    row = UsageRecord.objects.get()
+    assert row.cost == Decimal("0.002400000")
+    assert (row.input_price_per_mtok, row.output_price_per_mtok) == (Decimal("8"), Decimal("32"))

@@ -1,0 +1,93 @@
+"""Settings come from the environment through one reader, in two profiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import Env
+from tests.conftest import ROOT
+
+PROBE = """
+import json, django
+from django.conf import settings
+django.setup()
+from config.celery import app
+db = settings.DATABASES["default"]
+print(json.dumps({
+    "engine": db["ENGINE"], "name": str(db["NAME"]), "pool": db.get("OPTIONS", {}).get("pool"),
+    "conn_max_age": db.get("CONN_MAX_AGE"), "cache": settings.CACHES["default"]["BACKEND"],
+    "eager": settings.CELERY_TASK_ALWAYS_EAGER, "broker": app.conf.broker_url, "debug": settings.DEBUG,
+}))
+"""
+
+
+def settings_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_nothing_set_gives_the_embedded_default(tmp_path: os.PathLike[str]) -> None:
+    result = settings_with({"DEBUG": "1", "TOLLWAY_VAR_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["engine"] == "django.db.backends.sqlite3"
+    assert found["name"].startswith(str(tmp_path))
+    assert found["cache"].endswith("LocMemCache")
+    assert found["eager"] is True
+
+
+def test_urls_give_the_production_profile() -> None:
+    result = settings_with(
+        {
+            "DATABASE_URL": "postgres://u:p@db.internal:5432/tollway",
+            "REDIS_URL": "redis://cache.internal:6379/2",
+            "SECRET_KEY": "x" * 50,
+            "DB_POOL_MAX_SIZE": "16",
+        }
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["engine"] == "django.db.backends.postgresql"
+    assert found["pool"]["max_size"] == 16
+    assert found["conn_max_age"] == 0
+    assert found["cache"] == "django_redis.cache.RedisCache"
+    assert found["eager"] is False
+    assert found["broker"] == "redis://cache.internal:6379/2"
+    assert found["debug"] is False
+
+
+def test_secret_key_has_no_default_without_debug() -> None:
+    result = settings_with({"DATABASE_URL": "postgres://u@localhost/x"})
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_reader_rejects_malformed_values() -> None:
+    env = Env({"DEBUG": "maybe", "PORT": "eighty"})
+    with pytest.raises(ImproperlyConfigured, match="DEBUG"):
+        env.bool("DEBUG")
+    with pytest.raises(ImproperlyConfigured, match="PORT"):
+        env.int("PORT", 8000)
+    assert Env({}).list("HOSTS", ["a"]) == ["a"]
+    assert Env({"HOSTS": "a, b,,c"}).list("HOSTS") == ["a", "b", "c"]
+
+
+def test_platform_is_the_standard_library_module() -> None:
+    # Why the project package is `config`: a top-level `platform` package would shadow this.
+    import platform
+
+    assert "site-packages" not in (platform.__file__ or "")
+    assert not (ROOT / "platform").exists()
+    assert platform.python_version().startswith("3.11")

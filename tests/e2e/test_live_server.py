@@ -1,0 +1,207 @@
+"""The official openai SDK against Tollway served as production serves it: gunicorn with
+gevent workers (config/gunicorn.py), over real HTTP, backed by the loopback mock upstream."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from billing.models import UsageRecord
+from tenants import services
+from tenants.models import Tenant
+from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Catalog, Upstream, free_port, stop, wait_for_http
+
+pytestmark = pytest.mark.live
+
+
+def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
+    """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
+        cwd=ROOT,
+        env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/health", proc=proc)
+    return proc, base
+
+
+@pytest.fixture
+def live(transactional_db: None, catalog: Catalog, mock_upstream: Upstream) -> Iterator[str]:
+    """gunicorn on the test database and Redis, with data committed so it can see it."""
+    catalog.add_http_model("gpt-4.1-http", mock_upstream, "gpt-4.1", prices=("8", "32"))
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    proc, base = serve(
+        {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": database_url,
+            "REDIS_URL": settings.REDIS_URL,
+            "SECRET_KEY": "live-test-secret",
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+        }
+    )
+    try:
+        yield base
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def sdk() -> Iterator[Any]:
+    """Make openai SDK clients; closed afterwards so no idle keep-alive delays shutdown."""
+    clients: list[openai.OpenAI] = []
+
+    def make(base: str, key: str) -> openai.OpenAI:
+        clients.append(openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=30))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_sdk_completion_and_stream_are_priced_and_recorded(live: str, key: services.CreatedKey, sdk: Any) -> None:
+    client = sdk(live, key.plaintext)
+
+    # a completion, with the cost in the body and in a header
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4.1-http", messages=[{"role": "user", "content": "Hello from the SDK"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.model == "gpt-4.1-http"
+    usage = completion.usage.model_dump()
+    row = UsageRecord.objects.get(request_id=raw.headers["x-request-id"])
+    expected = (Decimal(usage["prompt_tokens"]) * 8 + Decimal(usage["completion_tokens"]) * 32) / 1_000_000
+    assert row.cost == expected
+    assert usage["cost"] == raw.headers["x-tollway-cost"] == str(row.cost)
+    assert row.provider == "loopback" and not row.streamed
+
+    # a stream, whose last chunk carries the usage and its cost
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4.1-http",
+            messages=[{"role": "user", "content": "Stream to the SDK"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Mock answer:")
+    final = chunks[-1].usage.model_dump()
+    streamed = UsageRecord.objects.get(streamed=True)
+    assert final["cost"] == str(streamed.cost) and streamed.cost > 0
+    assert final["completion_tokens"] == streamed.output_tokens
+    assert UsageRecord.objects.count() == 2
+
+    # the model list the SDK sees
+    assert {m.id for m in client.models.list()} == {"gpt-4.1", "deepseek-v3", "gpt-4.1-http"}
+
+
+def test_sdk_sees_errors_in_openai_shape(
+    live: str, key: services.CreatedKey, catalog: Catalog, mock_upstream: Upstream, sdk: Any
+) -> None:
+    with pytest.raises(openai.AuthenticationError) as auth:
+        sdk(live, "tlw_not_a_key").models.list()
+    assert auth.value.code == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk(live, key.plaintext).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.code == "model_not_found"
+
+    # a stream the upstream cuts off raises in the SDK instead of ending quietly, and is billed
+    catalog.add_http_model("flaky", mock_upstream, "mock-cut")
+    stream = sdk(live, key.plaintext).chat.completions.create(
+        model="flaky", messages=[{"role": "user", "content": "cut"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        for _ in stream:
+            pass
+    time.sleep(0.2)
+    row = UsageRecord.objects.get(model__name="flaky")
+    assert row.outcome == UsageRecord.Outcome.UPSTREAM_ERROR and row.usage_estimated and row.cost > 0
+
+
+def test_revocation_and_suspension_reach_every_worker_within_a_second(
+    live: str, key: services.CreatedKey, tenant: Tenant
+) -> None:
+    headers = {"Authorization": f"Bearer {key.plaintext}"}
+    with httpx.Client(base_url=live, headers=headers) as client:
+        # warm both workers' caches
+        assert all(client.get("/v1/models").status_code == 200 for _ in range(20))
+        services.api_key_revoke(api_key=key.api_key)
+        time.sleep(settings.TOLLWAY["LOCAL_CACHE_SECONDS"] + 0.2)
+        assert [client.get("/v1/models").status_code for _ in range(20)] == [401] * 20
+
+    other = services.api_key_create(tenant=tenant)
+    with httpx.Client(base_url=live, headers={"Authorization": f"Bearer {other.plaintext}"}) as client:
+        assert all(client.get("/v1/models").status_code == 200 for _ in range(20))
+        services.tenant_set_status(tenant=tenant, status=Tenant.Status.SUSPENDED)
+        time.sleep(settings.TOLLWAY["LOCAL_CACHE_SECONDS"] + 0.2)
+        assert [client.get("/v1/models").status_code for _ in range(20)] == [403] * 20
+
+
+def test_embedded_default_as_make_run_serves_it(tmp_path: Path, sdk: Any) -> None:
+    """Nothing configured: SQLite under var/, seeded demo data, the demo key printed once."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "DEBUG": "1",
+        "TOLLWAY_VAR_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    seeded = subprocess.run(
+        [*manage, "seeddemo"], cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=60
+    )
+    demo_key = seeded.stdout.strip().splitlines()[-1]
+    again = subprocess.run(
+        [*manage, "seeddemo"], cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=60
+    )
+    assert demo_key not in again.stdout, "the key is printed once"
+
+    proc, base = serve({**env, "WEB_CONCURRENCY": "1"})
+    try:
+        client = sdk(base, demo_key)
+        raw = client.chat.completions.with_raw_response.create(
+            model="deepseek-v3", messages=[{"role": "user", "content": "hello"}]
+        )
+        cost = raw.headers["x-tollway-cost"]
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4.1",
+                messages=[{"role": "user", "content": "hello"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        stream_cost = chunks[-1].usage.model_dump()["cost"]
+    finally:
+        stop(proc)
+
+    with sqlite3.connect(tmp_path / "tollway.sqlite3") as db:
+        rows = db.execute(
+            "SELECT m.name, u.input_tokens, u.output_tokens, u.cost, u.streamed FROM billing_usagerecord u "
+            "JOIN billing_model m ON m.id = u.model_id ORDER BY u.id"
+        ).fetchall()
+    assert [(r[0], bool(r[4])) for r in rows] == [("deepseek-v3", False), ("gpt-4.1", True)]
+    (_, din, dout, dcost, _), (_, gin, gout, gcost, _) = rows
+    assert Decimal(str(dcost)) == Decimal(cost) == (din * Decimal("0.42") + dout * Decimal("1.68")) / 1_000_000
+    assert Decimal(str(gcost)) == Decimal(stream_cost) == (gin * 8 + gout * 32) / Decimal(1_000_000)
