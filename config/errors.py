@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     KEY_REVOKED = "api_key_revoked"
     KEY_EXPIRED = "api_key_expired"
     TENANT_SUSPENDED = "tenant_suspended"
+    PERMISSION_DENIED = "permission_denied"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    IP_NOT_ALLOWED = "ip_not_allowed"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -79,6 +82,10 @@ class AuthenticationFailed(TollwayError):
     type = "invalid_request_error"
     default_code = ErrorCode.INVALID_API_KEY
 
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="tollway"')
+
 
 class PermissionDenied(TollwayError):
     status = 403
@@ -119,7 +126,7 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 _DRF_TYPES: dict[int, tuple[str, ErrorCode]] = {
     400: ("invalid_request_error", ErrorCode.INVALID_PARAMETER),
     401: ("invalid_request_error", ErrorCode.INVALID_API_KEY),
-    403: ("permission_error", ErrorCode.TENANT_SUSPENDED),
+    403: ("permission_error", ErrorCode.PERMISSION_DENIED),
     404: ("invalid_request_error", ErrorCode.NOT_FOUND),
     405: ("invalid_request_error", ErrorCode.METHOD_NOT_ALLOWED),
     429: ("rate_limit_error", ErrorCode.RATE_LIMITED),
@@ -150,6 +157,8 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return None
     status = exc.status_code
     type_, code = _DRF_TYPES.get(status, ("server_error", ErrorCode.SERVER_ERROR))
+    if isinstance(exc, drf_exceptions.ParseError):
+        code = ErrorCode.INVALID_JSON
     if isinstance(exc, drf_exceptions.ValidationError):
         param, message = _first_error(exc.detail)
         if param:

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "tenants",
     "billing",
     "proxy",
@@ -121,7 +122,9 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "flush-key-last-used": {"task": "tenants.flush_last_used", "schedule": 60.0},
+}
 
 # --- Auth, i18n, static ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -152,6 +155,15 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "config.errors.drf_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tollway management API",
+    "DESCRIPTION": "Manage a tenant's API keys and read its settings. "
+    "The inference endpoints follow OpenAI's API reference.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Tollway's own knobs (read through tenants.conf / proxy.conf) ----------------------
@@ -165,6 +177,10 @@ TOLLWAY: dict[str, Any] = {
     "UPSTREAM_READ_TIMEOUT": env.float("TOLLWAY_UPSTREAM_READ_TIMEOUT", 300.0),
     "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
     "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 100),
+    # Peers whose X-Forwarded-For is believed (nginx). Anyone else's is ignored.
+    "TRUSTED_PROXIES": env.list("TOLLWAY_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
+    # A worker notes a key's last use at most this often (no DB write per request).
+    "LAST_USED_THROTTLE_SECONDS": env.float("TOLLWAY_LAST_USED_THROTTLE_SECONDS", 60.0),
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),

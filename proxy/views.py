@@ -51,6 +51,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
 def chat_completions(request: HttpRequest) -> HttpResponseBase:
     chat = parse.chat_request(request)
     principal = auth.authenticate(request)
+    auth.require_model(principal, chat.model)
     chosen = route.resolve(chat.model)
     adapter = adapters.for_kind(chosen.target.kind)
     call = meter.Call(request_id=request.request_id, principal=principal, route=chosen, chat=chat)  # type: ignore[attr-defined]
@@ -66,16 +67,18 @@ def _model_object(listing: route.ModelListing) -> dict[str, Any]:
 
 @api_view("GET")
 def models_list(request: HttpRequest) -> HttpResponseBase:
-    auth.authenticate(request)
+    principal = auth.authenticate(request)
     listings = route.listings.get("all") or ()
-    return JsonResponse({"object": "list", "data": [_model_object(m) for m in listings]})
+    return JsonResponse(
+        {"object": "list", "data": [_model_object(m) for m in listings if principal.allows_model(m.name)]}
+    )
 
 
 @api_view("GET")
 def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
-    auth.authenticate(request)
+    principal = auth.authenticate(request)
     for listing in route.listings.get("all") or ():
-        if listing.name == model:
+        if listing.name == model and principal.allows_model(model):
             return JsonResponse(_model_object(listing))
     raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
-from django.utils import timezone
+from django.utils.timezone import now
 
 from tenants import keys
+from tenants.validators import (
+    DEFAULT_SCOPES,
+    validate_cidrs,
+    validate_model_globs,
+    validate_scopes,
+    validate_timezone,
+)
+
+
+def _default_scopes() -> list[str]:
+    return list(DEFAULT_SCOPES)
 
 
 class Tenant(models.Model):
@@ -13,9 +25,23 @@ class Tenant(models.Model):
         ACTIVE = "active", "Active"
         SUSPENDED = "suspended", "Suspended"
 
+    class Currency(models.TextChoices):
+        USD = "USD", "US dollar"
+
     slug = models.SlugField(max_length=64, unique=True, help_text="Stable identifier, e.g. 'acme'.")
-    name = models.CharField(max_length=200)
+    name = models.CharField("display name", max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    billing_email = models.EmailField(blank=True)
+    currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
+    timezone = models.CharField(
+        max_length=64, default="UTC", validators=[validate_timezone], help_text="Its billing month runs in this zone."
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_model_globs],
+        help_text="Model patterns such as 'gpt-4.1*'. Empty allows every model.",
+    )
     monthly_budget_usd = models.DecimalField(
         max_digits=14,
         decimal_places=2,
@@ -23,7 +49,7 @@ class Tenant(models.Model):
         blank=True,
         help_text="Hard monthly spending cap in USD. Empty means no cap.",
     )
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -45,7 +71,20 @@ class ApiKey(models.Model):
     key_id = models.CharField(max_length=32, unique=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
     last4 = models.CharField(max_length=4, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # After a rotation the old secret keeps working until previous_expires_at.
+    previous_secret_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    scopes = models.JSONField(default=_default_scopes, validators=[validate_scopes])
+    allowed_models = models.JSONField(
+        default=list, blank=True, validators=[validate_model_globs], help_text="Model patterns; empty allows all."
+    )
+    allowed_ips = models.JSONField(
+        default=list, blank=True, validators=[validate_cidrs], help_text="Client IPs or CIDRs; empty allows all."
+    )
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    monthly_budget_usd = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -60,6 +99,10 @@ class ApiKey(models.Model):
     @property
     def display(self) -> str:
         return keys.display(self.key_id, self.last4)
+
+    def clean(self) -> None:
+        if self._state.adding and self.expires_at is not None and self.expires_at <= now():
+            raise ValidationError({"expires_at": "The expiry must be in the future."})
 
     @property
     def is_revoked(self) -> bool:
