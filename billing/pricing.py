@@ -38,3 +38,8 @@ def cost_of(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
     """USD for ``usage`` at ``price``, rounded half-up to 9 decimal places."""
     raw = (usage.input_tokens * price.input_per_mtok + usage.output_tokens * price.output_per_mtok) / MILLION
     return raw.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def usd(amount: Decimal) -> str:
+    """An amount as clients see it: plain notation, never exponent form (no "0E-9")."""
+    return f"{amount:f}"

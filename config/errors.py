@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     RATE_LIMITED = "rate_limit_exceeded"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    LIMITS_UNAVAILABLE = "limits_unavailable"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
     UPSTREAM_AUTH = "upstream_authentication_failed"
@@ -58,6 +60,7 @@ class TollwayError(Exception):
         code: ErrorCode | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -65,6 +68,8 @@ class TollwayError(Exception):
         self.code = code or self.default_code
         if status is not None:
             self.status = status
+        if type is not None:
+            self.type = type
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -109,6 +114,18 @@ class RateLimited(TollwayError):
     status = 429
     type = "rate_limit_error"
     default_code = ErrorCode.RATE_LIMITED
+
+
+class QuotaExceeded(TollwayError):
+    """A budget or prepaid credit is used up. Retrying will not help, so the SDKs are told not to."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = ErrorCode.INSUFFICIENT_QUOTA
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("x-should-retry", "false")
 
 
 class UpstreamError(TollwayError):

@@ -108,9 +108,12 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": 2,
                 "SOCKET_TIMEOUT": 2,
                 "CONNECTION_POOL_KWARGS": {"max_connections": env.int("REDIS_MAX_CONNECTIONS", 100)},
+                # A Redis outage degrades the cache to misses (reads go to Postgres), never to a 500.
+                "IGNORE_EXCEPTIONS": True,
             },
         }
     }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -124,6 +127,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "flush-key-last-used": {"task": "tenants.flush_last_used", "schedule": 60.0},
+    "sweep-reservations": {"task": "billing.sweep_reservations", "schedule": 60.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -181,6 +185,13 @@ TOLLWAY: dict[str, Any] = {
     "TRUSTED_PROXIES": env.list("TOLLWAY_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
     # A worker notes a key's last use at most this often (no DB write per request).
     "LAST_USED_THROTTLE_SECONDS": env.float("TOLLWAY_LAST_USED_THROTTLE_SECONDS", 60.0),
+    # When Redis is unreachable: "open" lets rate limits pass (logged) and holds budgets
+    # through Postgres row locks; "closed" refuses requests with 503 instead.
+    "LIMITS_ON_REDIS_ERROR": env.str("TOLLWAY_LIMITS_ON_REDIS_ERROR", "open"),
+    # A reservation older than this is taken for a dead worker's and billed by the sweeper.
+    "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
+    # Output reserved for a request without max_tokens, on a model with no cap of its own.
+    "DEFAULT_MAX_OUTPUT_TOKENS": env.int("TOLLWAY_DEFAULT_MAX_OUTPUT_TOKENS", 4096),
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),

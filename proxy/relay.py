@@ -16,7 +16,7 @@ from typing import Any
 from django.http import JsonResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
-from billing.pricing import TokenUsage
+from billing.pricing import TokenUsage, usd
 from config.errors import TollwayError, UpstreamError
 from proxy import meter
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
@@ -34,7 +34,7 @@ def usage_body(usage: TokenUsage, cost: Decimal, upstream: Any = None) -> dict[s
         prompt_tokens=usage.input_tokens,
         completion_tokens=usage.output_tokens,
         total_tokens=usage.input_tokens + usage.output_tokens,
-        cost=str(cost),
+        cost=usd(cost),
     )
     return body
 
@@ -53,7 +53,7 @@ def json_response(call: meter.Call, completion: Completion) -> JsonResponse:
     body["model"] = call.route.entry.name
     body["usage"] = usage_body(usage, cost, body.get("usage"))
     response = JsonResponse(body)
-    response[COST_HEADER] = str(cost)
+    response[COST_HEADER] = usd(cost)
     return response
 
 

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
-from proxy import adapters, auth, meter, parse, relay, route
+from proxy import adapters, admit, auth, meter, parse, relay, route
 from proxy.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,19 @@ def chat_completions(request: HttpRequest) -> HttpResponseBase:
     chosen = route.resolve(chat.model)
     adapter = adapters.for_kind(chosen.target.kind)
     call = meter.Call(request_id=request.request_id, principal=principal, route=chosen, chat=chat)  # type: ignore[attr-defined]
+    admission = admit.admit(call)
     body = chat.upstream_body(chosen.target.upstream_model)
-    if chat.stream:
-        return relay.stream_response(call, adapter.stream(chosen.target, body))
-    return relay.json_response(call, adapter.complete(chosen.target, body))
+    try:
+        if chat.stream:
+            response: HttpResponseBase = relay.stream_response(call, adapter.stream(chosen.target, body))
+        else:
+            response = relay.json_response(call, adapter.complete(chosen.target, body))
+    except BaseException:
+        meter.release(call)  # nothing billable happened: the reservation goes back
+        raise
+    for name, value in admission.headers.items():
+        response[name] = value
+    return response
 
 
 def _model_object(listing: route.ModelListing) -> dict[str, Any]:

@@ -8,14 +8,18 @@ throttled note is written straight to the database.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from tenants.models import ApiKey
+
+log = logging.getLogger(__name__)
 
 REDIS_HASH = "tw:key-last-used"
 _noted: dict[int, float] = {}
@@ -33,7 +37,10 @@ def key_used(api_key_pk: int) -> None:
         return
     _noted[api_key_pk] = now
     if settings.REDIS_URL:
-        _redis().hset(REDIS_HASH, str(api_key_pk), f"{time.time():.3f}")
+        try:
+            _redis().hset(REDIS_HASH, str(api_key_pk), f"{time.time():.3f}")
+        except RedisError as exc:  # last_used_at is not worth failing a request over
+            log.warning("could not note use of key %s: %r", api_key_pk, exc)
     else:
         _write({api_key_pk: timezone.now()})
 

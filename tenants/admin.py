@@ -62,6 +62,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "allowed_ips",
         "rpm_limit",
         "tpm_limit",
+        "max_concurrent",
         "monthly_budget_usd",
     ]
     _stamps = ["created_at", "revoked_at", "last_used_at", "previous_expires_at"]

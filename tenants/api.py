@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from config.errors import ErrorCode, NotFound, PermissionDenied
 from tenants import selectors, services
 from tenants.auth import authenticate_request
+from tenants.extensions import tenant_detail_sections
 from tenants.models import ApiKey, Tenant
 from tenants.selectors import KeyPrincipal
 from tenants.serializers import (
@@ -171,11 +172,17 @@ class TenantView(ManageView):
     def get_object(self) -> Tenant:
         return Tenant.objects.get(pk=self.principal.tenant_pk)
 
-    @extend_schema(summary="Show the caller's tenant", responses=TenantOut)
+    def render(self, tenant: Tenant) -> dict[str, Any]:
+        data = dict(TenantOut(tenant).data)
+        for section in tenant_detail_sections:
+            data.update(section(tenant))
+        return data
+
+    @extend_schema(summary="Show the caller's tenant, with its spend and limits", responses=TenantOut)
     def get(self, request: Request) -> Response:
-        return Response(TenantOut(self.get_object()).data)
+        return Response(self.render(self.get_object()))
 
     @extend_schema(summary="Change the tenant's display name or billing email", request=TenantIn, responses=TenantOut)
     def patch(self, request: Request) -> Response:
         fields = self.validated(TenantIn, partial=True)
-        return Response(TenantOut(services.tenant_update(tenant=self.get_object(), **fields)).data)
+        return Response(self.render(services.tenant_update(tenant=self.get_object(), **fields)))

@@ -42,6 +42,7 @@ class ApiKeyAdminForm(forms.ModelForm):
             "allowed_ips",
             "rpm_limit",
             "tpm_limit",
+            "max_concurrent",
             "monthly_budget_usd",
         ]
 
@@ -60,4 +61,7 @@ class TenantAdminForm(forms.ModelForm):
             "timezone",
             "allowed_models",
             "monthly_budget_usd",
+            "rpm_limit",
+            "tpm_limit",
+            "max_concurrent",
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.timezone import now
 
@@ -18,6 +19,45 @@ from tenants.validators import (
 
 def _default_scopes() -> list[str]:
     return list(DEFAULT_SCOPES)
+
+
+# Upper bounds that catch a typo (an extra three zeros) before it disables a limit.
+MAX_RPM = 10_000_000
+MAX_TPM = 10_000_000_000
+MAX_CONCURRENT = 1_000_000
+MAX_BUDGET_USD = 1_000_000_000
+
+
+def rpm_field() -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_RPM)]
+    )
+
+
+def tpm_field() -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(
+        "tokens per minute", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_TPM)]
+    )
+
+
+def concurrency_field() -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        "max concurrent requests",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_CONCURRENT)],
+    )
+
+
+def budget_field(help_text: str) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(MAX_BUDGET_USD)],
+        help_text=help_text,
+    )
 
 
 class Tenant(models.Model):
@@ -42,13 +82,10 @@ class Tenant(models.Model):
         validators=[validate_model_globs],
         help_text="Model patterns such as 'gpt-4.1*'. Empty allows every model.",
     )
-    monthly_budget_usd = models.DecimalField(
-        max_digits=14,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        help_text="Hard monthly spending cap in USD. Empty means no cap.",
-    )
+    monthly_budget_usd = budget_field("Hard cap on spend per billing month, in USD. Empty means no cap.")
+    rpm_limit = rpm_field()
+    tpm_limit = tpm_field()
+    max_concurrent = concurrency_field()
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -81,9 +118,10 @@ class ApiKey(models.Model):
     allowed_ips = models.JSONField(
         default=list, blank=True, validators=[validate_cidrs], help_text="Client IPs or CIDRs; empty allows all."
     )
-    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
-    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
-    monthly_budget_usd = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    rpm_limit = rpm_field()
+    tpm_limit = tpm_field()
+    max_concurrent = concurrency_field()
+    monthly_budget_usd = budget_field("This key's cap per billing month, within the tenant's.")
     created_at = models.DateTimeField(default=now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -35,8 +35,13 @@ class KeyPrincipal:
     tenant_allowed_models: tuple[str, ...]
     rpm_limit: int | None
     tpm_limit: int | None
+    max_concurrent: int | None
     monthly_budget_usd: Decimal | None
+    tenant_rpm_limit: int | None
+    tenant_tpm_limit: int | None
+    tenant_max_concurrent: int | None
     tenant_monthly_budget_usd: Decimal | None
+    tenant_timezone: str
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -80,8 +85,13 @@ def key_principal_load(key_id: str) -> KeyPrincipal | None:
         tenant_allowed_models=tuple(tenant.allowed_models),
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
+        max_concurrent=key.max_concurrent,
         monthly_budget_usd=key.monthly_budget_usd,
+        tenant_rpm_limit=tenant.rpm_limit,
+        tenant_tpm_limit=tenant.tpm_limit,
+        tenant_max_concurrent=tenant.max_concurrent,
         tenant_monthly_budget_usd=tenant.monthly_budget_usd,
+        tenant_timezone=tenant.timezone,
     )
 
 

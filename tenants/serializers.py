@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from tenants import services
-from tenants.models import ApiKey, Tenant
+from tenants.models import MAX_BUDGET_USD, MAX_CONCURRENT, MAX_RPM, MAX_TPM, ApiKey, Tenant
 from tenants.validators import DEFAULT_SCOPES, SCOPES, validate_cidrs, validate_model_globs
 
 
@@ -51,10 +51,11 @@ class ApiKeyIn(StrictSerializer):
     allowed_ips = serializers.ListField(
         child=serializers.CharField(validators=[_django_validator(validate_cidrs)]), required=False
     )
-    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    rpm_limit = serializers.IntegerField(min_value=1, max_value=MAX_RPM, required=False, allow_null=True)
+    tpm_limit = serializers.IntegerField(min_value=1, max_value=MAX_TPM, required=False, allow_null=True)
+    max_concurrent = serializers.IntegerField(min_value=1, max_value=MAX_CONCURRENT, required=False, allow_null=True)
     monthly_budget_usd = serializers.DecimalField(
-        max_digits=14, decimal_places=2, min_value=0, required=False, allow_null=True
+        max_digits=14, decimal_places=2, min_value=0, max_value=MAX_BUDGET_USD, required=False, allow_null=True
     )
 
     def validate_expires_at(self, value: Any) -> Any:
@@ -92,6 +93,7 @@ class ApiKeyOut(serializers.ModelSerializer):
             "allowed_ips",
             "rpm_limit",
             "tpm_limit",
+            "max_concurrent",
             "monthly_budget_usd",
             "created_at",
             "expires_at",
@@ -140,6 +142,9 @@ class TenantOut(serializers.ModelSerializer):
             "timezone",
             "allowed_models",
             "monthly_budget_usd",
+            "rpm_limit",
+            "tpm_limit",
+            "max_concurrent",
             "created_at",
         ]
 

@@ -28,6 +28,7 @@ KEY_FIELDS = (
     "allowed_ips",
     "rpm_limit",
     "tpm_limit",
+    "max_concurrent",
     "monthly_budget_usd",
 )
 

@@ -155,7 +155,19 @@ class TestKeyLifecycle:
             "timezone": "UTC",
             "allowed_models": [],
             "monthly_budget_usd": None,
+            "rpm_limit": None,
+            "tpm_limit": None,
+            "max_concurrent": None,
             "created_at": body["created_at"],
+            "billing": {
+                "month": timezone.now().strftime("%Y-%m"),
+                "payment": "postpaid",
+                "spend_usd": "0.000000000",
+                "reserved_usd": "0.000000000",
+                "budget_usd": None,
+                "budget_remaining_usd": None,
+                "credit_balance_usd": None,
+            },
         }
         changed = manage.call("patch", "/v1/tenant", {"billing_email": "ap@acme.example", "name": "Acme"}).json()
         assert (changed["billing_email"], changed["name"]) == ("ap@acme.example", "Acme")
