@@ -353,3 +353,21 @@ class TestVisibilityAndValidation:
         with pytest.raises(ValidationError) as caught:
             services.tenant_update(tenant=tenant, rpm_limit=10**9)
         assert "rpm_limit" in caught.value.message_dict
+
+
+def test_topup_command_makes_a_prepaid_tenant_able_to_spend(api: Api, tenant: Tenant, catalog: Catalog, clock: FakeClock) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out = StringIO()
+    call_command("topup", "acme", "2.50", "--prepaid", "--note", "wire 42", stdout=out)
+    assert "Balance: $2.5" in out.getvalue()
+    assert Account.objects.get(tenant=tenant).prepaid
+    entry = CreditEntry.objects.get()
+    assert (entry.amount_usd, entry.kind, entry.note) == (Decimal("2.50"), "topup", "wire 42")
+    assert api.chat(BIG).status_code == 200
+    with pytest.raises(CommandError):
+        call_command("topup", "acme", "abc")
+    with pytest.raises(CommandError):
+        call_command("topup", "acme", "0")
