@@ -54,17 +54,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("key_id", "name", "tenant__slug", "tenant__name")
     list_select_related = ("tenant",)
     actions = ["revoke"]
-    _editable = [
-        "name",
-        "scopes",
-        "expires_at",
-        "allowed_models",
-        "allowed_ips",
-        "rpm_limit",
-        "tpm_limit",
-        "max_concurrent",
-        "monthly_budget_usd",
-    ]
+    _editable = list(services.KEY_FIELDS)
     _stamps = ["created_at", "revoked_at", "last_used_at", "previous_expires_at"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 
 from tenants.models import ApiKey, Tenant
+from tenants.services import KEY_FIELDS
 from tenants.validators import DEFAULT_SCOPES, SCOPES
 
 
@@ -33,18 +34,7 @@ class ApiKeyAdminForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = [
-            "tenant",
-            "name",
-            "scopes",
-            "expires_at",
-            "allowed_models",
-            "allowed_ips",
-            "rpm_limit",
-            "tpm_limit",
-            "max_concurrent",
-            "monthly_budget_usd",
-        ]
+        fields = ["tenant", *KEY_FIELDS]
 
 
 class TenantAdminForm(forms.ModelForm):

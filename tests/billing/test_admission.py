@@ -355,7 +355,9 @@ class TestVisibilityAndValidation:
         assert "rpm_limit" in caught.value.message_dict
 
 
-def test_topup_command_makes_a_prepaid_tenant_able_to_spend(api: Api, tenant: Tenant, catalog: Catalog, clock: FakeClock) -> None:
+def test_topup_command_makes_a_prepaid_tenant_able_to_spend(
+    api: Api, tenant: Tenant, catalog: Catalog, clock: FakeClock
+) -> None:
     from io import StringIO
 
     from django.core.management import CommandError, call_command

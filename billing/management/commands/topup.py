@@ -32,7 +32,9 @@ class Command(BaseCommand):
         if not amount.is_finite() or amount == 0:
             raise CommandError("The amount must be a non-zero number.")
         kind = CreditEntry.Kind.TOPUP if amount > 0 else CreditEntry.Kind.ADJUSTMENT
-        entry = CreditEntry(tenant=tenant, kind=kind, amount_usd=amount, note=options["note"], created_by="manage.py topup")
+        entry = CreditEntry(
+            tenant=tenant, kind=kind, amount_usd=amount, note=options["note"], created_by="manage.py topup"
+        )
         try:
             entry.full_clean()
         except ValidationError as exc:
