@@ -17,7 +17,9 @@ from billing.models import UsageRecord
 from tests.conftest import Catalog
 from tests.deploy.conftest import Stack, assert_openai_error, nginx_binary, serve_model
 
-pytestmark = pytest.mark.live
+# Every test here is transactional, so pytest-django keeps them together and the
+# module's stack starts once.
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def test_rendered_config_passes_nginx_t(stack: Stack) -> None:
