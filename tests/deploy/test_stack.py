@@ -59,15 +59,26 @@ def test_sdk_completion_over_verified_tls(stack: Stack, transactional_db: None, 
     assert raw.headers["x-content-type-options"] == "nosniff"
     assert raw.headers["x-frame-options"] == "DENY"
     assert raw.headers["server"] == "nginx"  # no version
+    # the replica's gunicorn access log is JSON too, under the same id
+    replica_log = [
+        json.loads(line)
+        for path in (stack.dir / "logs").glob("web-*.log")
+        for line in path.read_text().splitlines()
+        if request_id in line
+    ]
+    assert [(e["path"], e["status"]) for e in replica_log] == [("/v1/chat/completions", 200)]
 
     # the seed article's /api/v1/ prefix reaches the same API
     legacy = stack.sdk(key.plaintext, prefix="/api/v1")
     assert {m.id for m in legacy.models.list()} == {"gpt-4.1", "deepseek-v3"}
 
 
-def test_tls_1_2_is_accepted_too(stack: Stack) -> None:
+def test_tls_1_2_is_accepted_too_and_the_certificate_is_really_checked(stack: Stack) -> None:
     import ssl
 
+    # a client that does not trust the development CA refuses the connection
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{stack.base}/health")
     context = stack.tls()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     with httpx.Client(base_url=stack.base, verify=context) as client:
@@ -118,6 +129,14 @@ def test_first_sse_chunk_arrives_before_the_upstream_has_finished(
     assert headers["content-type"].startswith("text/event-stream")
     assert "content-encoding" not in headers
     assert stack.logged(headers["x-request-id"])["status"] == 200
+
+
+def test_bodies_over_the_apps_limit_are_refused_by_nginx(stack: Stack) -> None:
+    client = stack.client()
+    too_big = b"x" * (10 * 1024 * 1024 + 1)  # TOLLWAY_MAX_BODY_BYTES + 1
+    response = client.post("/v1/chat/completions", content=too_big, headers={"Content-Type": "application/json"})
+    assert_openai_error(response, 413, "request_too_large")
+    assert stack.logged(response.headers["x-request-id"])["upstream_addr"] == ""
 
 
 def test_admin_static_files_come_from_nginx(stack: Stack) -> None:
