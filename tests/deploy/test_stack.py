@@ -67,6 +67,7 @@ def test_sdk_completion_over_verified_tls(stack: Stack, transactional_db: None, 
         if request_id in line
     ]
     assert [(e["path"], e["status"]) for e in replica_log] == [("/v1/chat/completions", 200)]
+    assert replica_log[0]["x_forwarded_for"] == "127.0.0.1"  # the client's address reaches the app
 
     # the seed article's /api/v1/ prefix reaches the same API
     legacy = stack.sdk(key.plaintext, prefix="/api/v1")
@@ -174,6 +175,32 @@ def test_outer_rate_limit_answers_429_in_openai_shape(stack: Stack) -> None:
             stack.sdk("tlw_x").models.list()
         # health checks are never limited
         assert client.get("/health").status_code == 200
+    finally:
+        restored = stack.run("reload")
+        assert restored.returncode == 0, restored.stderr
+
+
+def test_a_replica_too_slow_for_nginx_gets_a_504_and_the_post_is_not_resent(
+    stack: Stack, catalog: Catalog, key: Any, mock_server: Any
+) -> None:
+    # given nginx waiting at most 1 s for a completion, and an upstream taking 3 s
+    serve_model(catalog, "sluggish", mock_server("--latency-ms", "3000"))
+    reloaded = stack.run("reload", TOLLWAY_NGINX_STREAM_TIMEOUT="1s")
+    assert reloaded.returncode == 0, reloaded.stderr
+    try:
+        client = stack.client(headers={"Authorization": f"Bearer {key.plaintext}"})
+        response = client.post(
+            "/v1/chat/completions", json={"model": "sluggish", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        # then the client gets nginx's 504 in OpenAI's shape, and the POST went to one replica only
+        assert_openai_error(response, 504, "gateway_timeout")
+        logged = stack.logged(response.headers["x-request-id"])
+        assert "," not in logged["upstream_addr"] and logged["upstream_status"] == "504"
+        # and the call the replica finished anyway (the provider charged for it) is billed once
+        deadline = time.monotonic() + 10
+        while not UsageRecord.objects.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [response.headers["x-request-id"]]
     finally:
         restored = stack.run("reload")
         assert restored.returncode == 0, restored.stderr
