@@ -8,7 +8,8 @@
 * a Celery worker and exactly one Celery beat;
 * nginx, the OS package, rendered from ``nginx/nginx.conf.template`` with its own prefix,
   pid, temp and log paths under the state directory, so it never touches a system nginx.
-  Its master is started by this user (root here); workers drop to ``www-data``.
+  Its master is started by this user (root here); workers drop to ``www-data`` (or stay
+  this user where ``www-data`` could not reach the files: see ``nginx_user``).
 
 It uses the local Postgres and Redis, and a development certificate (``nginx/dev-cert.sh``).
 Every process runs in its own process group; pids and logs live in the state directory
@@ -23,6 +24,7 @@ Environment (defaults in brackets):
     TOLLWAY_STACK_CERT_DIR [nginx/dev-certs]
     TOLLWAY_STACK_SEED [1]                  run ``seeddemo`` (prints the demo key once)
     TOLLWAY_STACK_CELERY_CONCURRENCY [2]
+    TOLLWAY_STACK_NGINX_USER [www-data]     the user nginx's workers run as
     DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/tollway]  created if missing
     REDIS_URL [redis://127.0.0.1:6379/0]
     TOLLWAY_NGINX_RATE [50r/s], TOLLWAY_NGINX_BURST [100], TOLLWAY_NGINX_CONN_LIMIT [200],
@@ -161,11 +163,27 @@ def app_env(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def nginx_user(cfg: Config, env: dict[str, str]) -> str:
+    """nginx's workers drop to www-data, which must reach the static files. Where the state
+    directory sits under a private directory (a CI checkout in a 0700 folder, say), they run
+    as this user instead: it is a loopback stack, not a server."""
+    if env.get("TOLLWAY_STACK_NGINX_USER"):
+        return env["TOLLWAY_STACK_NGINX_USER"]
+    path = cfg.state_dir
+    while path != path.parent:
+        path = path.parent
+        if not path.stat().st_mode & 0o001:
+            import pwd
+
+            return pwd.getpwuid(os.getuid()).pw_name
+    return "www-data"
+
+
 def nginx_values(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     servers = "\n        ".join(f"server 127.0.0.1:{port} max_fails=3 fail_timeout=10s;" for port in cfg.web_ports)
     values = {name: env.get(name) or default for name, default in NGINX_TUNABLES.items()}
     values.update(
-        TOLLWAY_NGINX_USER="www-data",
+        TOLLWAY_NGINX_USER=nginx_user(cfg, env),
         TOLLWAY_NGINX_PID=str(cfg.nginx_dir / "nginx.pid"),
         TOLLWAY_NGINX_TEMP_DIR=str(cfg.nginx_dir / "temp"),
         TOLLWAY_NGINX_ACCESS_LOG=str(cfg.logs / "nginx-access.log"),
