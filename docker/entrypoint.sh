@@ -21,8 +21,9 @@ case "$role" in
     ;;
   beat)
     # The schedule file lives in /tmp: beat keeps no state that must survive a restart.
-    exec celery -A config beat --loglevel "${LOG_LEVEL:-INFO}" \
-      --schedule /tmp/celerybeat-schedule --pidfile /tmp/celerybeat.pid
+    # No pidfile: as PID 1 after a restart, beat would find its own pid in a stale one
+    # and refuse to start. compose runs exactly one beat instead.
+    exec celery -A config beat --loglevel "${LOG_LEVEL:-INFO}" --schedule /tmp/celerybeat-schedule
     ;;
   *)
     exec "$@"

@@ -358,6 +358,9 @@ def up(cfg: Config, env: dict[str, str]) -> int:
             [*celery, "worker", "-n", cfg.worker_name, "--concurrency", str(cfg.celery_concurrency), "-l", "INFO"],
             appenv,
         )
+        # The pidfile keeps a second beat off this state directory; nothing of ours is
+        # running (checked above), so one left by a killed beat is stale.
+        (cfg.state_dir / "celerybeat.pid").unlink(missing_ok=True)
         beat_files = ["--schedule", str(cfg.state_dir / "celerybeat-schedule")]
         beat_files += ["--pidfile", str(cfg.state_dir / "celerybeat.pid")]
         start(cfg, state, "beat", [*celery, "beat", *beat_files, "-l", "INFO"], appenv)
