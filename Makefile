@@ -6,11 +6,13 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate seed test lint typecheck pytest services format clean
+.PHONY: help venv run migrate seed test lint typecheck pytest services format clean stack stack-down stack-status
 
 help:
 	@echo "make run    build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
 	@echo "make test   ruff, mypy and pytest against real Postgres and Redis"
+	@echo "make stack  nginx (TLS) in front of 2 gunicorn replicas, Celery worker and beat, on loopback"
+	@echo "            https://127.0.0.1:8443 (http :8080 redirects); stop with make stack-down"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +35,16 @@ migrate: $(STAMP)
 
 services:
 	.ci/services
+
+# The production stack on loopback, without Docker: docker/stack.py says how.
+stack: $(STAMP) services
+	$(BIN)/python docker/stack.py up
+
+stack-down:
+	$(BIN)/python docker/stack.py down
+
+stack-status:
+	$(BIN)/python docker/stack.py status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

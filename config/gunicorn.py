@@ -1,31 +1,89 @@
-"""gunicorn configuration, shared by ``make run`` and production.
+"""gunicorn configuration, shared by ``make run``, ``make stack`` and the Docker image.
 
 gunicorn's gevent worker monkey-patches the process before it loads the app, so this
 file must not import the app, httpx or psycopg at module level (ARCHITECTURE.md §1).
+It imports only the standard library and gunicorn's own logger.
 """
 
-import multiprocessing
+import json
 import os
+import time
+from typing import Any
+
+from gunicorn.glogging import Logger  # type: ignore[import-untyped]  # gunicorn ships no type hints
+
+
+def _cpu_count() -> int:
+    # The CPUs this process may use: a container's cpuset, not the whole host.
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
 
 bind = os.environ.get("GUNICORN_BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gevent"
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
+# One gevent worker per CPU: each already serves worker_connections requests at once, so
+# the sync-worker rule of thumb (2 x CPUs + 1) would only add memory.
+workers = int(os.environ.get("WEB_CONCURRENCY") or _cpu_count())
 # Concurrent connections (greenlets) per worker: an LLM call holds one for seconds.
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # gevent workers heartbeat from their own loop; a long stream does not trip this.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-# Streams can last minutes: give them time to finish on a graceful restart.
+# Streams can last minutes: give them time to finish on a graceful restart. Docker's
+# stop_grace_period (docker/compose.yaml) is a little longer than this.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "120"))
+# Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle
+# connections first and never reuses one gunicorn is closing.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
+# Recycle workers now and then (a slow leak stays bounded); the jitter keeps the workers
+# of a replica from restarting all at once.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "2000"))
 wsgi_app = "config.wsgi:application"
 
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl),
+# which several masters on one machine (the replicas of `make stack`) would fight over.
+# Off unless a path is given.
+control_socket_path = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+if control_socket_path:
+    control_socket = control_socket_path
+else:
+    control_socket_disable = True
+
+
+class JsonAccessLogger(Logger):
+    """Access log lines as JSON objects, keyed by the request id nginx and the ledger use.
+
+    ``json.dumps`` escapes whatever a client puts in a path or a user agent, which
+    ``access_log_format`` cannot do.
+    """
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        headers = {str(k).lower(): v for k, v in (resp.headers or [])}
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "request_id": headers.get("x-request-id"),
+            "remote_addr": environ.get("REMOTE_ADDR"),
+            "x_forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "status": int(status),
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 1),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "pid": os.getpid(),
+        }
+        try:
+            self.access_log.info(json.dumps(line))
+        except Exception:
+            self.exception("could not write the access log line")
+
+
+logger_class = JsonAccessLogger
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-access_log_format = (
-    '{"time":"%(t)s","request_id":"%({x-request-id}o)s","remote":"%(h)s",'
-    '"method":"%(m)s","path":"%(U)s","status":%(s)s,"bytes":%(B)s,'
-    '"duration_ms":%(M)s,"user_agent":"%(a)s"}'
-)
