@@ -12,7 +12,7 @@ from billing.models import Model, Price, UsageRecord
 class PriceInline(admin.TabularInline):
     model = Price
     extra = 0
-    fields = ("effective_from", "input_per_mtok", "output_per_mtok")
+    fields = ("effective_from", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
 
 
 @admin.register(Model)
@@ -39,6 +39,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "provider",
         "input_tokens",
         "output_tokens",
+        "cached_input_tokens",
         "cost",
         "streamed",
         "outcome",

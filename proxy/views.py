@@ -47,17 +47,36 @@ def api_view(*methods: str) -> Callable[[View], View]:
     return decorator
 
 
-@api_view("POST")
-def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    chat = parse.chat_request(request)
+def _begin(request: HttpRequest, chat: parse.ChatRequest) -> tuple[meter.Call, adapters.Adapter, dict[str, Any]]:
+    """Stages 2 and 4 (authenticate, route) for a parsed request, and the upstream body."""
     principal = auth.authenticate(request)
     chosen = route.resolve(chat.model)
     adapter = adapters.for_kind(chosen.target.kind)
     call = meter.Call(request_id=request.request_id, principal=principal, route=chosen, chat=chat)  # type: ignore[attr-defined]
-    body = chat.upstream_body(chosen.target.upstream_model)
-    if chat.stream:
-        return relay.stream_response(call, adapter.stream(chosen.target, body))
-    return relay.json_response(call, adapter.complete(chosen.target, body))
+    return call, adapter, chat.upstream_body(chosen.target.upstream_model)
+
+
+@api_view("POST")
+def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    call, adapter, body = _begin(request, parse.chat_request(request))
+    if call.chat.stream:
+        return relay.stream_response(call, adapter.stream(call.route.target, body))
+    return relay.json_response(call, adapter.complete(call.route.target, body))
+
+
+@api_view("POST")
+def completions(request: HttpRequest) -> HttpResponseBase:
+    """The legacy text completions endpoint."""
+    call, adapter, body = _begin(request, parse.completion_request(request))
+    if call.chat.stream:
+        return relay.stream_response(call, adapter.text_stream(call.route.target, body))
+    return relay.json_response(call, adapter.text_complete(call.route.target, body))
+
+
+@api_view("POST")
+def embeddings(request: HttpRequest) -> HttpResponseBase:
+    call, adapter, body = _begin(request, parse.embedding_request(request))
+    return relay.json_response(call, adapter.embed(call.route.target, body))
 
 
 def _model_object(listing: route.ModelListing) -> dict[str, Any]:
