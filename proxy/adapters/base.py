@@ -201,6 +201,8 @@ def error_for_status(target: Target, status: int, content: bytes, headers: Mappi
     log.warning("upstream %s answered %s: %s", target.provider_name, status, message or content[:200])
     retry_after = headers.get("retry-after")
     retry = {"Retry-After": retry_after} if retry_after else {}
+    if status == 400 and b"API_KEY_INVALID" in content:
+        status = 401  # Gemini answers a bad key with a 400; it is still our credential
     if status in (400, 404, 413, 422):
         # The request itself was refused: the client can fix it, so pass the reason on.
         return InvalidRequest(
