@@ -9,8 +9,9 @@ path, query, the auth headers, the JSON body) and ``DELETE /_debug/requests`` fo
 
 Behaviour is chosen by the model name in the request, as for the OpenAI mock:
 ``mock-error-<status>`` answers that status with the provider's error body; ``mock-cut``
-breaks the stream off after three events; ``mock-stream-error`` sends the provider's
-in-stream error event; ``mock-slow`` paces a stream at 50 ms per event. Otherwise a
+breaks the stream off before its last event (after at most three); ``mock-stream-error``
+sends the provider's in-stream error event; ``mock-slow`` paces a stream at 50 ms per
+event. Otherwise a
 request with ``tools`` gets the tool-call fixture, and any other the text fixture.
 Kept free of Django.
 """
@@ -124,8 +125,9 @@ class FixtureUpstream:
         return status
 
     def stream(self, events: list[str], *, cut: bool = False, slow: bool = False) -> Iterator[bytes]:
+        cut_at = min(3, len(events) - 1)  # always before the last event
         for index, event in enumerate(events):
-            if cut and index == 3:
+            if cut and index == cut_at:
                 raise CutStream("mock-cut: dropping the connection mid-stream")
             if slow:
                 time.sleep(SLOW_DELAY)

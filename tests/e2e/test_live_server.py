@@ -17,64 +17,25 @@ import httpx
 import openai
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from billing.models import UsageRecord
 from tenants import services
 from tenants.models import Tenant
-from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Catalog, Upstream, free_port, stop, wait_for_http
+from tests.conftest import ROOT, Catalog, Upstream, stop
+from tests.e2e.conftest import serve, serve_test_db
 
 pytestmark = pytest.mark.live
-
-
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
-    """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
-        cwd=ROOT,
-        env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/health", proc=proc)
-    return proc, base
 
 
 @pytest.fixture
 def live(transactional_db: None, catalog: Catalog, mock_upstream: Upstream) -> Iterator[str]:
     """gunicorn on the test database and Redis, with data committed so it can see it."""
     catalog.add_http_model("gpt-4.1-http", mock_upstream, "gpt-4.1", prices=("8", "32"))
-    db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    proc, base = serve(
-        {
-            "PATH": os.environ["PATH"],
-            "DATABASE_URL": database_url,
-            "REDIS_URL": settings.REDIS_URL,
-            "SECRET_KEY": "live-test-secret",
-            "DEBUG": "0",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            UPSTREAM_KEY_ENV: UPSTREAM_KEY,
-        }
-    )
+    proc, base = serve_test_db()
     try:
         yield base
     finally:
         stop(proc)
-
-
-@pytest.fixture
-def sdk() -> Iterator[Any]:
-    """Make openai SDK clients; closed afterwards so no idle keep-alive delays shutdown."""
-    clients: list[openai.OpenAI] = []
-
-    def make(base: str, key: str) -> openai.OpenAI:
-        clients.append(openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=30))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 def test_sdk_completion_and_stream_are_priced_and_recorded(live: str, key: services.CreatedKey, sdk: Any) -> None:

@@ -1,0 +1,61 @@
+"""Live-server helpers: gunicorn as production runs it, on the test database, and the SDK."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, wait_for_http
+
+
+def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
+    """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
+        cwd=ROOT,
+        env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/health", proc=proc)
+    return proc, base
+
+
+def serve_test_db(**extra: str) -> tuple[subprocess.Popen[Any], str]:
+    """gunicorn on the test database and Redis; the data must be committed (transactional_db)."""
+    db = connection.settings_dict
+    database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    return serve(
+        {
+            "PATH": os.environ["PATH"],
+            "DATABASE_URL": database_url,
+            "REDIS_URL": settings.REDIS_URL,
+            "SECRET_KEY": "live-test-secret",
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def sdk() -> Iterator[Any]:
+    """Make openai SDK clients; closed afterwards so no idle keep-alive delays shutdown."""
+    clients: list[openai.OpenAI] = []
+
+    def make(base: str, key: str) -> openai.OpenAI:
+        clients.append(openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=30))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
