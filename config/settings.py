@@ -165,7 +165,6 @@ TOLLWAY: dict[str, Any] = {
     # connecting, the first byte of the answer, the idle gap between streamed chunks, and
     # the whole call.
     "UPSTREAM_CONNECT_TIMEOUT": env.float("TOLLWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0),
-    "UPSTREAM_READ_TIMEOUT": env.float("TOLLWAY_UPSTREAM_READ_TIMEOUT", 300.0),
     "UPSTREAM_FIRST_BYTE_TIMEOUT": env.float("TOLLWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0),
     "UPSTREAM_IDLE_TIMEOUT": env.float("TOLLWAY_UPSTREAM_IDLE_TIMEOUT", 60.0),
     "UPSTREAM_TOTAL_TIMEOUT": env.float("TOLLWAY_UPSTREAM_TOTAL_TIMEOUT", 600.0),
