@@ -118,7 +118,8 @@ class FixtureUpstream:
 
     def error(self, start_response: StartResponse, status: int) -> list[bytes]:
         body = self.errors[str(status)]
-        headers = [("Retry-After", "7")] if status == 429 else []
+        # Anthropic sends Retry-After on a 429; Google puts a RetryInfo in the body instead.
+        headers = [("Retry-After", "7")] if status == 429 and self.kind == "anthropic" else []
         return respond_json(start_response, self.wire_status(status, body), body, headers)
 
     def wire_status(self, status: int, body: Any) -> int:

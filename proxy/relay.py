@@ -28,7 +28,7 @@ from config.errors import TollwayError, UpstreamError
 from proxy import meter
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
-from proxy.parse import EMBEDDINGS
+from proxy.parse import COMPLETIONS, EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
         outcome = UsageRecord.Outcome.COMPLETED
         cost = _meter(call, tally, outcome)
         if call.chat.include_usage:
-            final = dict(tally.usage_chunk or {"id": "", "object": "chat.completion.chunk", "choices": []})
+            kind = "text_completion" if call.chat.endpoint == COMPLETIONS else "chat.completion.chunk"
+            final = dict(tally.usage_chunk or {"id": "", "object": kind, "choices": []})
             final["model"] = model_name
             final["usage"] = usage_body(_usage_or_estimate(call, tally), cost, final.get("usage"))
             yield sse_event(final)

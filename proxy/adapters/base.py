@@ -195,24 +195,41 @@ def upstream_message(content: bytes) -> str:
     return str(message)[:500] if message else ""
 
 
+def _retry_delay(content: bytes) -> str:
+    """Gemini's RetryInfo (``error.details[].retryDelay``, e.g. "37s") as whole seconds."""
+    if b"retryDelay" not in content:
+        return ""
+    try:
+        details = json.loads(content)["error"]["details"]
+        delay = next(d["retryDelay"] for d in details if isinstance(d, dict) and "retryDelay" in d)
+        return str(max(1, round(float(str(delay).rstrip("s")))))
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return ""
+
+
 def error_for_status(target: Target, status: int, content: bytes, headers: Mapping[str, str]) -> TollwayError:
     """Map a provider's non-200 answer to what the client should see."""
     message = upstream_message(content)
     log.warning("upstream %s answered %s: %s", target.provider_name, status, message or content[:200])
-    retry_after = headers.get("retry-after")
+    retry_after = headers.get("retry-after") or _retry_delay(content)
     retry = {"Retry-After": retry_after} if retry_after else {}
     if status == 400 and b"API_KEY_INVALID" in content:
         status = 401  # Gemini answers a bad key with a 400; it is still our credential
-    if status in (400, 404, 413, 422):
+    if status in (400, 413, 422):
         # The request itself was refused: the client can fix it, so pass the reason on.
         return InvalidRequest(
             f"The upstream provider rejected the request: {message or 'no reason given'}",
             code=ErrorCode.UPSTREAM_REJECTED,
-            status=400 if status == 404 else status,
+            status=status,
         )
     if status in (401, 403):
-        # Our credential, not the tenant's: never pass the provider's words about it on.
-        return UpstreamError("The upstream provider refused Tollway's credentials.", code=ErrorCode.UPSTREAM_AUTH)
+        # Our credential, not the tenant's: never pass the provider's words about it on,
+        # and tell the SDK that retrying will not help.
+        return UpstreamError(
+            "The upstream provider refused Tollway's credentials.",
+            code=ErrorCode.UPSTREAM_AUTH,
+            headers={"x-should-retry": "false"},
+        )
     if status == 429:
         return RateLimited("The upstream provider is rate limiting requests; retry shortly.", headers=retry)
     if status in (503, 529):

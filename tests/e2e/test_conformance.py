@@ -183,8 +183,11 @@ def check_error_paths(client: openai.OpenAI, prefix: str) -> None:
             # our credential's trouble: the provider's words about it never reach the tenant
             assert error["message"] == "The upstream provider refused Tollway's credentials."
             assert error["type"] == "upstream_error"
-        if upstream_status == 429 and prefix != "gemini":
-            assert caught.value.response.headers["retry-after"] in ("1", "7")
+            assert caught.value.response.headers["x-should-retry"] == "false"
+        if upstream_status == 429:
+            # the provider's own advice: a header (OpenAI 1 s, Anthropic 7 s) or Gemini's RetryInfo
+            expected = {"gpt": "1", "claude": "7", "gemini": "37"}[prefix]
+            assert caught.value.response.headers["retry-after"] == expected
     for upstream_status in (503, 529):
         if (prefix, upstream_status) in (("gemini", 529), ("claude", 503)):
             continue  # Google has no 529; Anthropic's overloaded is 529
