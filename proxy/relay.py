@@ -96,7 +96,8 @@ def stream_response(call: meter.Call, upstream: ChunkStream) -> StreamingHttpRes
 class _Tally:
     """What a stream has told us so far: the latest usage, and the text it carried."""
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: ChunkStream) -> None:
+        self.upstream = upstream
         self.usage: TokenUsage | None = None
         self.usage_chunk: dict[str, Any] | None = None
         self.text: list[str] = []
@@ -116,7 +117,7 @@ class _Tally:
 def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
     model_name = call.route.entry.name
     chunks = iter(upstream)
-    tally = _Tally()
+    tally = _Tally(upstream)
     outcome = UsageRecord.Outcome.CLIENT_GONE  # until the stream ends otherwise
     try:
         try:
@@ -172,7 +173,20 @@ def _drain(call: meter.Call, chunks: Iterator[dict[str, Any]], tally: _Tally) ->
 
 
 def _usage_or_estimate(call: meter.Call, tally: _Tally) -> TokenUsage:
-    return tally.usage if tally.usage is not None else meter.estimate(call.chat, "".join(tally.text))
+    """The provider's usage; failing that, what it had counted so far (its input side is
+    exact, cached tokens included) with the output no less than Tollway's own count."""
+    if tally.usage is not None:
+        return tally.usage
+    estimate = meter.estimate(call.chat, "".join(tally.text))
+    known = tally.upstream.partial_usage()
+    if known is None:
+        return estimate
+    return TokenUsage(
+        input_tokens=known.input_tokens,
+        output_tokens=max(known.output_tokens, estimate.output_tokens),
+        cached_input_tokens=known.cached_input_tokens,
+        cache_write_tokens=known.cache_write_tokens,
+    )
 
 
 def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal:

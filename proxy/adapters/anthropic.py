@@ -252,10 +252,16 @@ def translate_response(data: dict[str, Any], model: str) -> Completion:
 class _Stream(UpstreamStream):
     """Anthropic's typed events as OpenAI chunks, ending with a usage chunk."""
 
+    raw_usage: dict[str, Any] | None = None
+
+    def partial_usage(self) -> TokenUsage | None:
+        return usage_of(self.raw_usage)
+
     def chunks(self) -> Iterator[dict[str, Any]]:
         base: dict[str, Any] = {"id": "", "object": "chat.completion.chunk", "created": int(time.time())}
         base["model"] = self.target.upstream_model
         raw_usage: dict[str, Any] = {}
+        self.raw_usage = raw_usage
         tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

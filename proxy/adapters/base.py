@@ -46,6 +46,11 @@ class ChunkStream(Protocol):
 
     def close(self) -> None: ...
 
+    def partial_usage(self) -> TokenUsage | None:
+        """What the provider has counted so far, for a stream that ends before its usage
+        chunk (Anthropic's ``message_start``, Gemini's latest snapshot); None if nothing."""
+        ...
+
 
 class Adapter(Protocol):
     def complete(self, target: Target, body: dict[str, Any]) -> Completion:
@@ -350,6 +355,9 @@ class UpstreamStream:
 
     def chunks(self) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
+
+    def partial_usage(self) -> TokenUsage | None:
+        return None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:

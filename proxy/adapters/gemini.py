@@ -250,17 +250,21 @@ def translate_response(data: dict[str, Any], model: str) -> Completion:
 class _Stream(UpstreamStream):
     """Each SSE event is a whole GenerateContentResponse: new text, cumulative usage."""
 
+    usage: TokenUsage | None = None
+
+    def partial_usage(self) -> TokenUsage | None:
+        return self.usage
+
     def chunks(self) -> Iterator[dict[str, Any]]:
         base: dict[str, Any] = {"id": "", "object": "chat.completion.chunk", "created": int(time.time())}
         base["model"] = self.target.upstream_model
-        usage: TokenUsage | None = None
         finished: set[int] = set()
         started: set[int] = set()
         call_ids: dict[int, list[str]] = {}
         for payload in self.payloads():
             data = decode_chunk(payload)  # Gemini reports a mid-stream failure as {"error": ...}
             base["id"] = data.get("responseId") or base["id"]
-            usage = usage_of(data.get("usageMetadata")) or usage  # a snapshot: the latest wins
+            self.usage = usage_of(data.get("usageMetadata")) or self.usage  # a snapshot: the latest wins
             for position, candidate in enumerate(data.get("candidates") or []):
                 index = candidate.get("index", position)
                 ids = call_ids.setdefault(index, [])
@@ -285,8 +289,8 @@ class _Stream(UpstreamStream):
         # Gemini has no end marker: a stream is complete when every candidate has finished.
         if not finished or finished != started:
             raise cut_short()
-        if usage is not None:
-            yield {**base, "choices": [], "usage": openai_usage(usage)}
+        if self.usage is not None:
+            yield {**base, "choices": [], "usage": openai_usage(self.usage)}
 
 
 class GeminiAdapter(Unsupported):

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
+from billing.pricing import TokenUsage
 from proxy import mockgen
 from proxy.adapters.base import Completion, usage_from_openai
 from proxy.route import Target
@@ -25,6 +26,9 @@ class _Stream:
 
     def close(self) -> None:
         pass
+
+    def partial_usage(self) -> TokenUsage | None:
+        return None
 
 
 class MockAdapter:
