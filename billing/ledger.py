@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
+
+from django.db import connection
 
 from billing.models import UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, cost_of
@@ -27,38 +30,79 @@ class UsageEntry:
     latency_ms: int
 
 
-def usage_record_create(*, entry: UsageEntry) -> Decimal:
-    """Write the ledger row for ``entry`` and return its cost.
+def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
+    """Write the ledger row for ``entry``. Returns its cost, and whether this call wrote it.
 
     One statement, ``INSERT … ON CONFLICT DO NOTHING`` on the request id, so a repeated
     call for the same request can never bill twice.
     """
     cost = cost_of(entry.usage, entry.price)
-    UsageRecord.objects.bulk_create(
-        [
-            UsageRecord(
-                request_id=entry.request_id,
-                created_at=entry.created_at,
-                tenant_id=entry.tenant_id,
-                api_key_id=entry.api_key_id,
-                model_id=entry.model_id,
-                provider=entry.provider,
-                upstream_model=entry.upstream_model,
-                input_tokens=entry.usage.input_tokens,
-                output_tokens=entry.usage.output_tokens,
-                cached_input_tokens=entry.usage.cached_input_tokens,
-                cache_write_tokens=entry.usage.cache_write_tokens,
-                input_price_per_mtok=entry.price.input_per_mtok,
-                output_price_per_mtok=entry.price.output_per_mtok,
-                cached_input_price_per_mtok=entry.price.cached_input_rate,
-                cache_write_price_per_mtok=entry.price.cache_write_rate,
-                cost=cost,
-                usage_estimated=entry.usage_estimated,
-                streamed=entry.streamed,
-                outcome=entry.outcome,
-                latency_ms=entry.latency_ms,
-            )
-        ],
-        ignore_conflicts=True,
+    row = UsageRecord(
+        request_id=entry.request_id,
+        created_at=entry.created_at,
+        tenant_id=entry.tenant_id,
+        api_key_id=entry.api_key_id,
+        model_id=entry.model_id,
+        provider=entry.provider,
+        upstream_model=entry.upstream_model,
+        input_tokens=entry.usage.input_tokens,
+        output_tokens=entry.usage.output_tokens,
+        cached_input_tokens=entry.usage.cached_input_tokens,
+        cache_write_tokens=entry.usage.cache_write_tokens,
+        input_price_per_mtok=entry.price.input_per_mtok,
+        output_price_per_mtok=entry.price.output_per_mtok,
+        cached_input_price_per_mtok=entry.price.cached_input_rate,
+        cache_write_price_per_mtok=entry.price.cache_write_rate,
+        cost=cost,
+        usage_estimated=entry.usage_estimated,
+        streamed=entry.streamed,
+        outcome=entry.outcome,
+        latency_ms=entry.latency_ms,
     )
-    return cost
+    return cost, _insert_once(row)
+
+
+def _insert_once(row: UsageRecord) -> bool:
+    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
+    table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "  # noqa: S608  # names from _meta
+            "ON CONFLICT (request_id) DO NOTHING RETURNING id",
+            values,
+        )
+        return cursor.fetchone() is not None
+
+
+def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) -> tuple[Decimal, bool]:
+    """Bill a reservation whose worker died, from its own estimate, marked as estimated.
+
+    If the worker wrote its row after all, that row stands and its cost is returned.
+    """
+    price = PriceSnapshot(
+        input_per_mtok=Decimal(record["input_price"]),
+        output_per_mtok=Decimal(record["output_price"]),
+        effective_from=datetime.fromisoformat(record["price_from"]),
+    )
+    cost, inserted = usage_record_create(
+        entry=UsageEntry(
+            request_id=request_id,
+            created_at=datetime.fromisoformat(record["created_at"]),
+            tenant_id=record["tenant_id"],
+            api_key_id=record["api_key_id"],
+            model_id=record["model_id"],
+            provider=record["provider"],
+            upstream_model=record["upstream_model"],
+            usage=TokenUsage(input_tokens=record["input_tokens"], output_tokens=record["output_tokens"]),
+            price=price,
+            usage_estimated=True,
+            streamed=record["streamed"],
+            outcome=UsageRecord.Outcome.RESERVATION_EXPIRED,
+            latency_ms=0,
+        )
+    )
+    if not inserted:
+        cost = UsageRecord.objects.values_list("cost", flat=True).get(request_id=request_id)
+    return cost, inserted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -21,6 +22,13 @@ class Model(models.Model):
 
     name = models.CharField(max_length=200, unique=True, help_text="Public id, e.g. gpt-4.1")
     owned_by = models.CharField(max_length=100, default="tollway", help_text="Shown in /v1/models")
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(10_000_000)],
+        help_text="The model's output cap. A larger max_tokens is refused; a request without one reserves this "
+        "much output. Empty: TOLLWAY_DEFAULT_MAX_OUTPUT_TOKENS.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -88,6 +96,7 @@ class UsageRecord(models.Model):
         COMPLETED = "completed", "Completed"
         CLIENT_GONE = "client_disconnected", "Client disconnected"
         UPSTREAM_ERROR = "upstream_error", "Upstream failed mid-stream"
+        RESERVATION_EXPIRED = "reservation_expired", "Worker lost; billed from the reservation"
 
     request_id = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -126,6 +135,69 @@ class UsageRecord(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+
+class Account(models.Model):
+    """A tenant's billing account: how it pays. Billing points at the tenant, not the reverse."""
+
+    class Payment(models.TextChoices):
+        POSTPAID = "postpaid", "Postpaid (invoiced monthly)"
+        PREPAID = "prepaid", "Prepaid (spends its credit balance)"
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing_account")
+    payment = models.CharField(max_length=16, choices=Payment.choices, default=Payment.POSTPAID)
+
+    def __str__(self) -> str:
+        return f"{self.tenant} ({self.payment})"
+
+    @property
+    def prepaid(self) -> bool:
+        return self.payment == self.Payment.PREPAID
+
+
+class CreditEntry(models.Model):
+    """The credit ledger: top-ups and adjustments, append-only. Balance = credits - spend."""
+
+    class Kind(models.TextChoices):
+        TOPUP = "topup", "Top-up"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TOPUP)
+    amount_usd = models.DecimalField(
+        max_digits=AMOUNT_DIGITS,
+        decimal_places=AMOUNT_PLACES,
+        validators=[MinValueValidator(-1_000_000_000), MaxValueValidator(1_000_000_000)],
+        help_text="Positive adds credit; a negative adjustment removes it.",
+    )
+    note = models.CharField(max_length=500, blank=True)
+    created_by = models.CharField(max_length=150, blank=True, help_text="Who recorded it")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "credit entries"
+        constraints = [models.CheckConstraint(condition=~models.Q(amount_usd=0), name="credit_not_zero")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.amount_usd:+}"
+
+
+class Reservation(models.Model):
+    """A budget reservation held in Postgres: used only when Redis is unreachable
+    (and in the embedded default, which has no Redis). Deleted when the call settles."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="reservations")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, null=True, related_name="reservations")
+    month = models.CharField(max_length=7, help_text="The tenant's billing month, YYYY-MM")
+    amount_usd = models.DecimalField(max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_PLACES)
+    record = models.JSONField(help_text="What the sweeper needs to bill it if the worker dies")
+    deadline = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     def __str__(self) -> str:
         return self.request_id

@@ -69,3 +69,8 @@ def cost_of(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
         + usage.output_tokens * price.output_per_mtok
     ) / MILLION
     return raw.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def usd(amount: Decimal) -> str:
+    """An amount as clients see it: plain notation, never exponent form (no "0E-9")."""
+    return f"{amount:f}"

@@ -28,10 +28,15 @@ class ErrorCode(StrEnum):
     KEY_REVOKED = "api_key_revoked"
     KEY_EXPIRED = "api_key_expired"
     TENANT_SUSPENDED = "tenant_suspended"
+    PERMISSION_DENIED = "permission_denied"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    IP_NOT_ALLOWED = "ip_not_allowed"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     RATE_LIMITED = "rate_limit_exceeded"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    LIMITS_UNAVAILABLE = "limits_unavailable"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
     UPSTREAM_AUTH = "upstream_authentication_failed"
@@ -58,6 +63,7 @@ class TollwayError(Exception):
         code: ErrorCode | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -65,6 +71,8 @@ class TollwayError(Exception):
         self.code = code or self.default_code
         if status is not None:
             self.status = status
+        if type is not None:
+            self.type = type
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -81,6 +89,10 @@ class AuthenticationFailed(TollwayError):
     status = 401
     type = "invalid_request_error"
     default_code = ErrorCode.INVALID_API_KEY
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="tollway"')
 
 
 class PermissionDenied(TollwayError):
@@ -107,6 +119,18 @@ class RateLimited(TollwayError):
     default_code = ErrorCode.RATE_LIMITED
 
 
+class QuotaExceeded(TollwayError):
+    """A budget or prepaid credit is used up. Retrying will not help, so the SDKs are told not to."""
+
+    status = 429
+    type = "insufficient_quota"
+    default_code = ErrorCode.INSUFFICIENT_QUOTA
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("x-should-retry", "false")
+
+
 class UpstreamError(TollwayError):
     """The provider failed us: 502 unless told otherwise. Never a client fault."""
 
@@ -122,7 +146,7 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 _DRF_TYPES: dict[int, tuple[str, ErrorCode]] = {
     400: ("invalid_request_error", ErrorCode.INVALID_PARAMETER),
     401: ("invalid_request_error", ErrorCode.INVALID_API_KEY),
-    403: ("permission_error", ErrorCode.TENANT_SUSPENDED),
+    403: ("permission_error", ErrorCode.PERMISSION_DENIED),
     404: ("invalid_request_error", ErrorCode.NOT_FOUND),
     405: ("invalid_request_error", ErrorCode.METHOD_NOT_ALLOWED),
     429: ("rate_limit_error", ErrorCode.RATE_LIMITED),
@@ -153,6 +177,8 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return None
     status = exc.status_code
     type_, code = _DRF_TYPES.get(status, ("server_error", ErrorCode.SERVER_ERROR))
+    if isinstance(exc, drf_exceptions.ParseError):
+        code = ErrorCode.INVALID_JSON
     if isinstance(exc, drf_exceptions.ValidationError):
         param, message = _first_error(exc.detail)
         if param:

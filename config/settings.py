@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "tenants",
     "billing",
     "proxy",
@@ -107,9 +108,12 @@ if REDIS_URL:
                 "SOCKET_CONNECT_TIMEOUT": 2,
                 "SOCKET_TIMEOUT": 2,
                 "CONNECTION_POOL_KWARGS": {"max_connections": env.int("REDIS_MAX_CONNECTIONS", 100)},
+                # A Redis outage degrades the cache to misses (reads go to Postgres), never to a 500.
+                "IGNORE_EXCEPTIONS": True,
             },
         }
     }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -121,7 +125,10 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "flush-key-last-used": {"task": "tenants.flush_last_used", "schedule": 60.0},
+    "sweep-reservations": {"task": "billing.sweep_reservations", "schedule": 60.0},
+}
 
 # --- Auth, i18n, static ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -152,6 +159,15 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "config.errors.drf_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tollway management API",
+    "DESCRIPTION": "Manage a tenant's API keys and read its settings. "
+    "The inference endpoints follow OpenAI's API reference.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Tollway's own knobs (read through tenants.conf / proxy.conf) ----------------------
@@ -173,6 +189,17 @@ TOLLWAY: dict[str, Any] = {
     "DISCONNECT_DRAIN_SECONDS": env.float("TOLLWAY_DISCONNECT_DRAIN_SECONDS", 30.0),
     "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
     "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 100),
+    # Peers whose X-Forwarded-For is believed (nginx). Anyone else's is ignored.
+    "TRUSTED_PROXIES": env.list("TOLLWAY_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
+    # A worker notes a key's last use at most this often (no DB write per request).
+    "LAST_USED_THROTTLE_SECONDS": env.float("TOLLWAY_LAST_USED_THROTTLE_SECONDS", 60.0),
+    # When Redis is unreachable: "open" lets rate limits pass (logged) and holds budgets
+    # through Postgres row locks; "closed" refuses requests with 503 instead.
+    "LIMITS_ON_REDIS_ERROR": env.str("TOLLWAY_LIMITS_ON_REDIS_ERROR", "open"),
+    # A reservation older than this is taken for a dead worker's and billed by the sweeper.
+    "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
+    # Output reserved for a request without max_tokens, on a model with no cap of its own.
+    "DEFAULT_MAX_OUTPUT_TOKENS": env.int("TOLLWAY_DEFAULT_MAX_OUTPUT_TOKENS", 4096),
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),

@@ -1,16 +1,19 @@
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.http import HttpRequest, HttpResponse
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
+from drf_spectacular.views import SpectacularAPIView
 
 from proxy import views as proxy_views
 
-v1 = [
+v1: list[URLPattern | URLResolver] = [
     path("chat/completions", proxy_views.chat_completions, name="chat-completions"),
     path("completions", proxy_views.completions, name="completions"),
     path("embeddings", proxy_views.embeddings, name="embeddings"),
     path("models", proxy_views.models_list, name="models"),
     path("models/<path:model>", proxy_views.model_detail, name="model-detail"),
+    path("", include("tenants.urls")),
+    path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 
 urlpatterns = [

@@ -14,6 +14,8 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from billing import admission as limits
+from billing.admission import Admission
 from billing.ledger import UsageEntry, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage
@@ -34,6 +36,7 @@ class Call:
     started: float = field(default_factory=time.monotonic)
     created_at: datetime = field(default_factory=timezone.now)
     cost: Decimal | None = None
+    admission: Admission | None = None
 
     @property
     def metered(self) -> bool:
@@ -56,11 +59,12 @@ def record(
     estimated: bool,
     outcome: UsageRecord.Outcome = UsageRecord.Outcome.COMPLETED,
 ) -> Decimal:
-    """Write the ledger row once; a second call for the same Call returns the first cost."""
+    """Write the ledger row once and settle the reservation; a second call for the same
+    Call returns the first cost."""
     if call.cost is not None:
         return call.cost
     target = call.route.target
-    call.cost = usage_record_create(
+    cost, inserted = usage_record_create(
         entry=UsageEntry(
             request_id=call.request_id,
             created_at=call.created_at,
@@ -77,4 +81,13 @@ def record(
             latency_ms=int((time.monotonic() - call.started) * 1000),
         )
     )
-    return call.cost
+    call.cost = cost
+    if call.admission is not None:
+        limits.settle(call.admission, cost=cost, tokens=usage.input_tokens + usage.output_tokens, counted=inserted)
+    return cost
+
+
+def release(call: Call) -> None:
+    """The call failed before anything billable: give its reservation back."""
+    if call.admission is not None and not call.metered:
+        limits.release(call.admission)

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
-from billing.pricing import TokenUsage
+from billing.pricing import TokenUsage, usd
 from config.errors import TollwayError, UpstreamError
 from proxy import meter
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
@@ -47,7 +47,7 @@ def usage_body(usage: TokenUsage, cost: Decimal, upstream: Any = None, *, embedd
         if usage.cache_write_tokens:
             details["cache_write_tokens"] = usage.cache_write_tokens
         body["prompt_tokens_details"] = details
-    body["cost"] = str(cost)
+    body["cost"] = usd(cost)
     return body
 
 
@@ -82,7 +82,7 @@ def json_response(call: meter.Call, completion: Completion) -> JsonResponse:
     body["model"] = call.route.entry.name
     body["usage"] = usage_body(usage, cost, body.get("usage"), embeddings=call.chat.endpoint == EMBEDDINGS)
     response = JsonResponse(body)
-    response[COST_HEADER] = str(cost)
+    response[COST_HEADER] = usd(cost)
     return response
 
 

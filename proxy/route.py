@@ -74,6 +74,7 @@ def _timeouts(provider: Provider) -> Timeouts:
 class RouteEntry:
     model_pk: int
     name: str
+    max_output_tokens: int | None
     prices: tuple[PriceSnapshot, ...]
     targets: tuple[Target, ...]
 
@@ -97,6 +98,7 @@ def _load_route(name: str) -> RouteEntry | None:
     return RouteEntry(
         model_pk=model.pk,
         name=model.name,
+        max_output_tokens=model.max_output_tokens,
         prices=tuple(price_snapshots(model_id=model.pk)),
         targets=tuple(
             Target(

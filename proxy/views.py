@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
-from proxy import adapters, auth, meter, parse, relay, route
+from proxy import adapters, admit, auth, meter, parse, relay, route
 from proxy.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -47,36 +47,58 @@ def api_view(*methods: str) -> Callable[[View], View]:
     return decorator
 
 
-def _begin(request: HttpRequest, chat: parse.ChatRequest) -> tuple[meter.Call, adapters.Adapter, dict[str, Any]]:
-    """Stages 2 and 4 (authenticate, route) for a parsed request, and the upstream body."""
+Answer = Callable[[meter.Call, adapters.Adapter, dict[str, Any]], HttpResponseBase]
+
+
+def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
+    """Stages 2 to 7 for a parsed request; ``answer`` calls the adapter and relays."""
     principal = auth.authenticate(request)
+    auth.require_model(principal, chat.model)
     chosen = route.resolve(chat.model)
     adapter = adapters.for_kind(chosen.target.kind)
     call = meter.Call(request_id=request.request_id, principal=principal, route=chosen, chat=chat)  # type: ignore[attr-defined]
-    return call, adapter, chat.upstream_body(chosen.target.upstream_model)
+    admission = admit.admit(call)
+    body = chat.upstream_body(chosen.target.upstream_model)
+    try:
+        response = answer(call, adapter, body)
+    except BaseException:
+        meter.release(call)  # nothing billable happened: the reservation goes back
+        raise
+    for name, value in admission.headers.items():
+        response[name] = value
+    return response
 
 
-@api_view("POST")
-def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    call, adapter, body = _begin(request, parse.chat_request(request))
+def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
         return relay.stream_response(call, adapter.stream(call.route.target, body))
     return relay.json_response(call, adapter.complete(call.route.target, body))
 
 
-@api_view("POST")
-def completions(request: HttpRequest) -> HttpResponseBase:
-    """The legacy text completions endpoint."""
-    call, adapter, body = _begin(request, parse.completion_request(request))
+def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
         return relay.stream_response(call, adapter.text_stream(call.route.target, body))
     return relay.json_response(call, adapter.text_complete(call.route.target, body))
 
 
+def _embed(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
+    return relay.json_response(call, adapter.embed(call.route.target, body))
+
+
+@api_view("POST")
+def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    return _run(request, parse.chat_request(request), _chat)
+
+
+@api_view("POST")
+def completions(request: HttpRequest) -> HttpResponseBase:
+    """The legacy text completions endpoint."""
+    return _run(request, parse.completion_request(request), _text)
+
+
 @api_view("POST")
 def embeddings(request: HttpRequest) -> HttpResponseBase:
-    call, adapter, body = _begin(request, parse.embedding_request(request))
-    return relay.json_response(call, adapter.embed(call.route.target, body))
+    return _run(request, parse.embedding_request(request), _embed)
 
 
 def _model_object(listing: route.ModelListing) -> dict[str, Any]:
@@ -85,16 +107,18 @@ def _model_object(listing: route.ModelListing) -> dict[str, Any]:
 
 @api_view("GET")
 def models_list(request: HttpRequest) -> HttpResponseBase:
-    auth.authenticate(request)
+    principal = auth.authenticate(request)
     listings = route.listings.get("all") or ()
-    return JsonResponse({"object": "list", "data": [_model_object(m) for m in listings]})
+    return JsonResponse(
+        {"object": "list", "data": [_model_object(m) for m in listings if principal.allows_model(m.name)]}
+    )
 
 
 @api_view("GET")
 def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
-    auth.authenticate(request)
+    principal = auth.authenticate(request)
     for listing in route.listings.get("all") or ():
-        if listing.name == model:
+        if listing.name == model and principal.allows_model(model):
             return JsonResponse(_model_object(listing))
     raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 

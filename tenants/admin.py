@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from tenants import services
+from tenants import keys, services
+from tenants.forms import ApiKeyAdminForm, TenantAdminForm
 from tenants.models import ApiKey, Tenant
 
 
@@ -15,7 +17,7 @@ class ApiKeyInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("display", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+    fields = ("display", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -24,9 +26,10 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "status", "monthly_budget_usd", "created_at")
+    form = TenantAdminForm
+    list_display = ("slug", "name", "status", "billing_email", "monthly_budget_usd", "created_at")
     list_filter = ("status",)
-    search_fields = ("slug", "name")
+    search_fields = ("slug", "name", "billing_email")
     inlines = [ApiKeyInline]
     actions = ["suspend", "activate"]
 
@@ -45,22 +48,41 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("display", "tenant", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+    form = ApiKeyAdminForm
+    list_display = ("display", "tenant", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at")
     list_filter = ("tenant",)
-    search_fields = ("key_id", "name", "tenant__slug")
+    search_fields = ("key_id", "name", "tenant__slug", "tenant__name")
     list_select_related = ("tenant",)
-    readonly_fields = ("display", "created_at", "revoked_at", "last_used_at")
     actions = ["revoke"]
+    _editable = [
+        "name",
+        "scopes",
+        "expires_at",
+        "allowed_models",
+        "allowed_ips",
+        "rpm_limit",
+        "tpm_limit",
+        "max_concurrent",
+        "monthly_budget_usd",
+    ]
+    _stamps = ["created_at", "revoked_at", "last_used_at", "previous_expires_at"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return ["tenant", "name", "expires_at"]
-        return ["display", "tenant", "name", "created_at", "expires_at", "revoked_at", "last_used_at"]
+            return ["tenant", *self._editable]
+        return ["display", "tenant", *self._editable, *self._stamps]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return ()
-        return ("display", "tenant", "created_at", "revoked_at", "last_used_at")
+        return ("display", "tenant", *self._stamps)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[ApiKey], search_term: str) -> Any:
+        # Admins paste what they see: 'tlw_<key id>_…abcd' or a whole leaked key.
+        match = re.match(r"^tlw_([0-9A-Za-z]+)", search_term.strip())
+        if match:
+            return queryset.filter(key_id__startswith=match.group(1)[: keys.KEY_ID_LENGTH]), False
+        return super().get_search_results(request, queryset, search_term)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:

@@ -60,8 +60,9 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
 
 
-def generate() -> NewKey:
-    key_id = _random(KEY_ID_LENGTH)
+def generate(key_id: str | None = None) -> NewKey:
+    """A new key; with ``key_id``, a new secret for that key (a rotation)."""
+    key_id = key_id or _random(KEY_ID_LENGTH)
     body = f"{PREFIX}{key_id}_{_random(SECRET_LENGTH)}"
     plaintext = body + checksum(body)
     return NewKey(key_id=key_id, plaintext=plaintext, secret_hash=hash_key(plaintext), last4=plaintext[-4:])

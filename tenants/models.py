@@ -2,10 +2,62 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.utils import timezone
+from django.utils.timezone import now
 
 from tenants import keys
+from tenants.validators import (
+    DEFAULT_SCOPES,
+    validate_cidrs,
+    validate_model_globs,
+    validate_scopes,
+    validate_timezone,
+)
+
+
+def _default_scopes() -> list[str]:
+    return list(DEFAULT_SCOPES)
+
+
+# Upper bounds that catch a typo (an extra three zeros) before it disables a limit.
+MAX_RPM = 10_000_000
+MAX_TPM = 10_000_000_000
+MAX_CONCURRENT = 1_000_000
+MAX_BUDGET_USD = 1_000_000_000
+
+
+def rpm_field() -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        "requests per minute", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_RPM)]
+    )
+
+
+def tpm_field() -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(
+        "tokens per minute", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_TPM)]
+    )
+
+
+def concurrency_field() -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        "max concurrent requests",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_CONCURRENT)],
+    )
+
+
+def budget_field(help_text: str) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(MAX_BUDGET_USD)],
+        help_text=help_text,
+    )
 
 
 class Tenant(models.Model):
@@ -13,17 +65,28 @@ class Tenant(models.Model):
         ACTIVE = "active", "Active"
         SUSPENDED = "suspended", "Suspended"
 
+    class Currency(models.TextChoices):
+        USD = "USD", "US dollar"
+
     slug = models.SlugField(max_length=64, unique=True, help_text="Stable identifier, e.g. 'acme'.")
-    name = models.CharField(max_length=200)
+    name = models.CharField("display name", max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
-    monthly_budget_usd = models.DecimalField(
-        max_digits=14,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        help_text="Hard monthly spending cap in USD. Empty means no cap.",
+    billing_email = models.EmailField(blank=True)
+    currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
+    timezone = models.CharField(
+        max_length=64, default="UTC", validators=[validate_timezone], help_text="Its billing month runs in this zone."
     )
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_model_globs],
+        help_text="Model patterns such as 'gpt-4.1*'. Empty allows every model.",
+    )
+    monthly_budget_usd = budget_field("Hard cap on spend per billing month, in USD. Empty means no cap.")
+    rpm_limit = rpm_field()
+    tpm_limit = tpm_field()
+    max_concurrent = concurrency_field()
+    created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -45,7 +108,21 @@ class ApiKey(models.Model):
     key_id = models.CharField(max_length=32, unique=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
     last4 = models.CharField(max_length=4, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # After a rotation the old secret keeps working until previous_expires_at.
+    previous_secret_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    scopes = models.JSONField(default=_default_scopes, validators=[validate_scopes])
+    allowed_models = models.JSONField(
+        default=list, blank=True, validators=[validate_model_globs], help_text="Model patterns; empty allows all."
+    )
+    allowed_ips = models.JSONField(
+        default=list, blank=True, validators=[validate_cidrs], help_text="Client IPs or CIDRs; empty allows all."
+    )
+    rpm_limit = rpm_field()
+    tpm_limit = tpm_field()
+    max_concurrent = concurrency_field()
+    monthly_budget_usd = budget_field("This key's cap per billing month, within the tenant's.")
+    created_at = models.DateTimeField(default=now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -60,6 +137,10 @@ class ApiKey(models.Model):
     @property
     def display(self) -> str:
         return keys.display(self.key_id, self.last4)
+
+    def clean(self) -> None:
+        if self._state.adding and self.expires_at is not None and self.expires_at <= now():
+            raise ValidationError({"expires_at": "The expiry must be in the future."})
 
     @property
     def is_revoked(self) -> bool:

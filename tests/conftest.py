@@ -22,7 +22,7 @@ from django.test import Client
 from billing.models import Model, Price
 from proxy.models import Deployment, Provider
 from proxy.route import listings, routes
-from tenants import services
+from tenants import activity, services
 from tenants.cache import principals
 from tenants.models import Tenant
 
@@ -121,6 +121,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     without signals, so cached keys and routes from a previous test must not survive."""
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
     cache.clear()
+    activity.forget_local()
     for tier in (principals, routes, listings):
         tier.clear_local()
     yield
@@ -140,8 +141,8 @@ def other_tenant(db: None) -> Tenant:
 
 @pytest.fixture
 def make_key() -> Callable[..., services.CreatedKey]:
-    def make(tenant: Tenant, name: str = "test") -> services.CreatedKey:
-        return services.api_key_create(tenant=tenant, name=name)
+    def make(tenant: Tenant, name: str = "test", **fields: Any) -> services.CreatedKey:
+        return services.api_key_create(tenant=tenant, name=name, **fields)
 
     return make
 

@@ -64,8 +64,8 @@ def test_ledger_write_is_idempotent_per_request_id() -> None:
         outcome=UsageRecord.Outcome.COMPLETED,
         latency_ms=12,
     )
-    assert usage_record_create(entry=entry) == Decimal("0.002400000")
-    assert usage_record_create(entry=entry) == Decimal("0.002400000")
+    assert usage_record_create(entry=entry) == (Decimal("0.002400000"), True)
+    assert usage_record_create(entry=entry) == (Decimal("0.002400000"), False), "the second write is a no-op"
     assert UsageRecord.objects.count() == 1
     row = UsageRecord.objects.get()
     assert row.cost == Decimal("0.002400000")

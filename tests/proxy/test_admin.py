@@ -56,7 +56,15 @@ def test_ledger_is_read_only(admin_client: Client, catalog: Catalog, api: Api) -
 def test_adding_a_key_shows_the_secret_once(admin_client: Client, tenant: Tenant, catalog: Catalog) -> None:
     response = admin_client.post(
         reverse("admin:tenants_apikey_add"),
-        {"tenant": tenant.pk, "name": "from admin", "expires_at_0": "", "expires_at_1": ""},
+        {
+            "tenant": tenant.pk,
+            "name": "from admin",
+            "scopes": ["inference", "billing"],
+            "allowed_models": "gpt-4.1*, deepseek-*",
+            "allowed_ips": "",
+            "expires_at_0": "",
+            "expires_at_1": "",
+        },
         follow=True,
     )
     assert response.status_code == 200
@@ -64,6 +72,11 @@ def test_adding_a_key_shows_the_secret_once(admin_client: Client, tenant: Tenant
     assert len(set(shown)) == 1
     key = ApiKey.objects.get()
     assert key.name == "from admin"
+    assert (key.scopes, key.allowed_models, key.allowed_ips) == (
+        ["inference", "billing"],
+        ["gpt-4.1*", "deepseek-*"],
+        [],
+    )
     # it works, and its page never shows the secret again
     assert Api(Client(), shown[0]).chat({"model": "gpt-4.1", "messages": user("hi")}).status_code == 200
     page = admin_client.get(reverse("admin:tenants_apikey_change", args=[key.pk])).content.decode()
@@ -84,3 +97,14 @@ def test_suspend_action(admin_client: Client, key, tenant: Tenant, catalog: Cata
         reverse("admin:tenants_tenant_changelist"), {"action": "suspend", "_selected_action": [tenant.pk]}
     )
     assert Api(client, key.plaintext).chat({"model": "gpt-4.1", "messages": user("hi")}).status_code == 403
+
+
+def test_admin_rejects_bad_restrictions(admin_client: Client, tenant: Tenant) -> None:
+    response = admin_client.post(
+        reverse("admin:tenants_apikey_add"),
+        {"tenant": tenant.pk, "scopes": ["inference"], "allowed_ips": "10.0.0.0/33", "allowed_models": "gpt-[4"},
+    )
+    assert response.status_code == 200  # the form again, with errors
+    content = response.content.decode()
+    assert "is not an IP address or CIDR" in content and "is not a model pattern" in content
+    assert not ApiKey.objects.exists()

@@ -60,3 +60,16 @@ def test_createapikey_prints_a_working_key_last(client: Client, catalog: Catalog
 def test_createapikey_for_unknown_tenant() -> None:
     with pytest.raises(CommandError, match="createtenant"):
         run("createapikey", "nobody")
+
+
+def test_createapikey_with_scopes() -> None:
+    run("createtenant", "acme")
+    run("createapikey", "acme", "--scopes", "manage,billing")
+    assert ApiKey.objects.get().scopes == ["manage", "billing"]
+
+
+def test_createapikey_rejects_unknown_scope() -> None:
+    run("createtenant", "acme")
+    with pytest.raises(CommandError, match="scopes"):
+        run("createapikey", "acme", "--scopes", "inference,admin")
+    assert not ApiKey.objects.exists()

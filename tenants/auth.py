@@ -1,0 +1,107 @@
+"""Authenticating a key: the one implementation behind the proxy and the management API.
+
+``Authorization: Bearer <key>`` → the key's format and checksum (offline) → the cached
+principal (``tenants.cache``: no database read once warm) → a constant-time hash compare
+→ revocation, expiry, suspension, IP allow-list and scope.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from functools import lru_cache
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.utils import timezone
+
+from config.errors import AuthenticationFailed, ErrorCode, PermissionDenied
+from tenants import activity, keys
+from tenants.cache import principals
+from tenants.selectors import KeyPrincipal
+
+_HINT = "Pass your Tollway key as 'Authorization: Bearer tlw_…'."
+
+
+def bearer_token(request: HttpRequest) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed(f"You didn't provide an API key. {_HINT}")
+    return token.strip()
+
+
+@lru_cache(maxsize=1)
+def _trusted_proxies() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in settings.TOLLWAY["TRUSTED_PROXIES"])
+
+
+def _is_trusted(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return False
+    return any(address in network for network in _trusted_proxies())
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The caller's IP. ``X-Forwarded-For`` counts only when the peer is a trusted proxy
+    (nginx), and then its rightmost address that is not itself a trusted proxy wins:
+    entries further left are whatever the client chose to send."""
+    remote = str(request.META.get("REMOTE_ADDR", ""))
+    if not _is_trusted(remote):
+        return remote
+    forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+    for hop in reversed(forwarded):
+        if not _is_trusted(hop):
+            return hop
+    return forwarded[0] if forwarded else remote
+
+
+def _secret_matches(token: str, principal: KeyPrincipal, now: datetime) -> bool:
+    if keys.matches(token, principal.secret_hash):
+        return True
+    # During a rotation's grace period the previous secret still works.
+    return bool(
+        principal.previous_secret_hash
+        and principal.previous_expires_at is not None
+        and principal.previous_expires_at > now
+        and keys.matches(token, principal.previous_secret_hash)
+    )
+
+
+def authenticate_token(token: str, *, scope: str | None, ip: str, now: datetime | None = None) -> KeyPrincipal:
+    """The key's principal, or the error to answer with. ``scope=None`` leaves the scope
+    check to the caller (the management API's permission class)."""
+    now = now or timezone.now()
+    key_id = keys.parse_key_id(token)
+    principal = principals.get(key_id) if key_id else None
+    if principal is None or not _secret_matches(token, principal, now):
+        raise AuthenticationFailed(f"Incorrect API key provided. {_HINT}")
+    if principal.revoked:
+        raise AuthenticationFailed("This API key has been revoked. Create a new key.", code=ErrorCode.KEY_REVOKED)
+    if principal.expires_at is not None and principal.expires_at <= now:
+        raise AuthenticationFailed("This API key has expired. Create a new key.", code=ErrorCode.KEY_EXPIRED)
+    if not principal.tenant_active:
+        raise PermissionDenied(
+            f"The tenant '{principal.tenant_slug}' is suspended, so its keys cannot be used. "
+            "Contact the platform administrator.",
+            code=ErrorCode.TENANT_SUSPENDED,
+        )
+    if not principal.allows_ip(ip):
+        raise PermissionDenied(
+            f"This API key may not be used from {ip or 'this address'}; it is limited to its IP allow-list.",
+            code=ErrorCode.IP_NOT_ALLOWED,
+        )
+    if scope is not None and not principal.has_scope(scope):
+        raise PermissionDenied(
+            f"This API key lacks the '{scope}' scope needed here; it has: {', '.join(principal.scopes)}.",
+            code=ErrorCode.INSUFFICIENT_SCOPE,
+        )
+    return principal
+
+
+def authenticate_request(request: HttpRequest, *, scope: str | None) -> KeyPrincipal:
+    principal = authenticate_token(bearer_token(request), scope=scope, ip=client_ip(request))
+    activity.key_used(principal.api_key_pk)
+    return principal
