@@ -11,6 +11,7 @@ storing a credential fails with a message that names the variable.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -23,9 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def _fernet() -> MultiFernet:
-    keys: list[str] = list(settings.TOLLWAY_SECRETS_KEYS)
+    keys: tuple[str, ...] = tuple(settings.TOLLWAY_SECRETS_KEYS)
     if not keys and settings.DEBUG:
-        keys = [base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()]
+        keys = (base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode(),)
+    return _multi(keys)
+
+
+@functools.lru_cache(maxsize=4)
+def _multi(keys: tuple[str, ...]) -> MultiFernet:
+    """Built once per key set: a stored credential is decrypted on every call."""
     if not keys:
         raise ImproperlyConfigured(
             "TOLLWAY_SECRETS_KEY is not set, so provider credentials cannot be encrypted. Generate one with "

@@ -8,12 +8,12 @@ test can assert exactly what an adapter sent: ``GET /_debug/requests`` lists the
 path, query, the auth headers, the JSON body) and ``DELETE /_debug/requests`` forgets them.
 
 Behaviour is chosen by the model name in the request, as for the OpenAI mock:
-``mock-error-<status>`` answers that status with the provider's error body; ``mock-cut``
-breaks the stream off before its last event (after at most three); ``mock-stream-error``
-sends the provider's in-stream error event; ``mock-slow`` paces a stream at 50 ms per
-event. Otherwise a
-request with ``tools`` gets the tool-call fixture, and any other the text fixture.
-Kept free of Django.
+``mock-error-<status>`` answers that status with the provider's error body;
+``mock-garbage`` answers 200 with a body that is not JSON; ``mock-cut`` breaks the stream
+off before its last event (after at most three); ``mock-stream-error`` sends the
+provider's in-stream error event; ``mock-slow`` paces a stream at 50 ms per event.
+Otherwise a request with ``tools`` gets the tool-call fixture, and any other the text
+fixture. Kept free of Django.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ class FixtureUpstream:
     def handle(self, environ: dict[str, Any], start_response: StartResponse, body: Any) -> Iterable[bytes]:
         raise NotImplementedError
 
+    def garbage(self, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"<html>definitely not json"]
+
     def error(self, start_response: StartResponse, status: int) -> list[bytes]:
         body = self.errors[str(status)]
         # Anthropic sends Retry-After on a 429; Google puts a RetryInfo in the body instead.
@@ -150,6 +154,8 @@ class AnthropicUpstream(FixtureUpstream):
         model = str(body.get("model", ""))
         if model.startswith("mock-error-"):
             return self.error(start_response, int(model.rsplit("-", 1)[1]))
+        if model == "mock-garbage":
+            return self.garbage(start_response)
         name = "tool_use" if body.get("tools") else "message"
         if not body.get("stream"):
             return respond_json(start_response, 200, json.loads(self.fixture(f"{name}.json")))
@@ -182,6 +188,8 @@ class GeminiUpstream(FixtureUpstream):
             return self.error(start_response, 400)
         if model.startswith("mock-error-"):
             return self.error(start_response, int(model.rsplit("-", 1)[1]))
+        if model == "mock-garbage":
+            return self.garbage(start_response)
         if method == "batchEmbedContents":
             values = json.loads(self.fixture("embeddings.json"))["embeddings"][0]["values"]
             return respond_json(start_response, 200, {"embeddings": [{"values": values} for _ in body["requests"]]})

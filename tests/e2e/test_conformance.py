@@ -103,6 +103,12 @@ def gateway(
     add("gemini-embed", gemini_upstream, "gemini-embedding-001", ("0.15", "0"), kind=gemini)
     add("gemini-cut", gemini_upstream, "mock-cut", kind=gemini)
     add("gemini-stream-error", gemini_upstream, "mock-stream-error", kind=gemini)
+    for kind_prefix, upstream, kind in (
+        ("gpt", mock_upstream, Provider.Kind.OPENAI),
+        ("claude", anthropic_upstream, anthropic),
+        ("gemini", gemini_upstream, gemini),
+    ):
+        add(f"{kind_prefix}-garbage", upstream, "mock-garbage", kind=kind)
     for status in [*ERROR_MODELS, 503, 529]:
         add(f"gpt-error-{status}", mock_upstream, f"mock-error-{status}")
         add(f"claude-error-{status}", anthropic_upstream, f"mock-error-{status}", kind=anthropic)
@@ -173,6 +179,9 @@ def assert_error(exc: openai.APIStatusError, status: int, code: str) -> dict[str
 
 
 def check_error_paths(client: openai.OpenAI, prefix: str) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=f"{prefix}-garbage", messages=[{"role": "user", "content": "x"}])
+    assert_error(caught.value, 502, "upstream_bad_response")
     for upstream_status, (status, code) in ERROR_MODELS.items():
         with pytest.raises(openai.APIStatusError) as caught:
             client.chat.completions.create(

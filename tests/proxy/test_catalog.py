@@ -167,3 +167,12 @@ def test_keys_rotate_with_multifernet(settings: object) -> None:
     assert credentials.decrypt(token) == "sk-rotate"
     settings.TOLLWAY_SECRETS_KEYS = [new]  # type: ignore[attr-defined]
     assert credentials.decrypt(token) is None
+
+
+def test_the_readme_catalog_example_imports(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    run(tmp_path, example)
+    assert set(Provider.objects.values_list("kind", flat=True)) == {"mock", "openai", "anthropic", "gemini"}
+    claude = Price.objects.get(model__name="claude-sonnet-4")
+    assert (claude.cached_input_per_mtok, claude.cache_write_per_mtok) == (Decimal("0.3"), Decimal("3.75"))
