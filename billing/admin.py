@@ -15,7 +15,7 @@ from tenants.models import Tenant
 class PriceInline(admin.TabularInline):
     model = Price
     extra = 0
-    fields = ("effective_from", "input_per_mtok", "output_per_mtok")
+    fields = ("effective_from", "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
 
 
 @admin.register(Model)
@@ -42,6 +42,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "provider",
         "input_tokens",
         "output_tokens",
+        "cached_input_tokens",
         "cost",
         "streamed",
         "outcome",

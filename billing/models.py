@@ -50,6 +50,20 @@ class Price(models.Model):
     output_per_mtok = models.DecimalField(
         max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, help_text="USD per million output tokens"
     )
+    cached_input_per_mtok = models.DecimalField(
+        max_digits=PRICE_DIGITS,
+        decimal_places=PRICE_PLACES,
+        null=True,
+        blank=True,
+        help_text="USD per million input tokens read from the provider's prompt cache; empty = the input price",
+    )
+    cache_write_per_mtok = models.DecimalField(
+        max_digits=PRICE_DIGITS,
+        decimal_places=PRICE_PLACES,
+        null=True,
+        blank=True,
+        help_text="USD per million input tokens written to the prompt cache (Anthropic); empty = the input price",
+    )
     effective_from = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -57,7 +71,10 @@ class Price(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["model", "effective_from"], name="price_unique_start"),
             models.CheckConstraint(
-                condition=models.Q(input_per_mtok__gte=0) & models.Q(output_per_mtok__gte=0),
+                condition=models.Q(input_per_mtok__gte=0)
+                & models.Q(output_per_mtok__gte=0)
+                & (models.Q(cached_input_per_mtok__isnull=True) | models.Q(cached_input_per_mtok__gte=0))
+                & (models.Q(cache_write_per_mtok__isnull=True) | models.Q(cache_write_per_mtok__gte=0)),
                 name="price_not_negative",
             ),
         ]
@@ -88,10 +105,23 @@ class UsageRecord(models.Model):
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="usage_records")
     provider = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200)
-    input_tokens = models.PositiveIntegerField()
-    output_tokens = models.PositiveIntegerField()
+    input_tokens = models.PositiveIntegerField(help_text="All prompt tokens, including the cached ones below")
+    output_tokens = models.PositiveIntegerField(help_text="Completion tokens, reasoning included")
+    cached_input_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of input_tokens: read from the provider's prompt cache"
+    )
+    cache_write_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of input_tokens: written to the provider's prompt cache (Anthropic)"
+    )
     input_price_per_mtok = models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)
     output_price_per_mtok = models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)
+    # The rates actually applied to the cached parts (the input price when the model has none).
+    cached_input_price_per_mtok = models.DecimalField(
+        max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, null=True, blank=True
+    )
+    cache_write_price_per_mtok = models.DecimalField(
+        max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, null=True, blank=True
+    )
     cost = models.DecimalField(
         max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_PLACES, help_text="USD charged to the tenant"
     )

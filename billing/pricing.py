@@ -13,17 +13,43 @@ LEDGER_QUANTUM = Decimal("0.000000001")  # 9 decimal places
 
 @dataclass(frozen=True)
 class PriceSnapshot:
-    """A price as the request path sees it: plain data, safe to cache."""
+    """A price as the request path sees it: plain data, safe to cache.
+
+    The cache prices are optional: ``None`` means "charged at the input price".
+    """
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     effective_from: datetime
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+    @property
+    def cached_input_rate(self) -> Decimal:
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def cache_write_rate(self) -> Decimal:
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
 
 
 @dataclass(frozen=True)
 class TokenUsage:
+    """A call's tokens, in one convention whatever the provider.
+
+    ``input_tokens`` is every prompt token, cached or not. ``cached_input_tokens`` (read
+    from a prompt cache) and ``cache_write_tokens`` (written to one, Anthropic only) are
+    the parts of it priced at their own rates; the rest is priced at the input price.
+    """
+
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return max(self.input_tokens - self.cached_input_tokens - self.cache_write_tokens, 0)
 
 
 def price_at(prices: Sequence[PriceSnapshot], when: datetime) -> PriceSnapshot | None:
@@ -35,8 +61,13 @@ def price_at(prices: Sequence[PriceSnapshot], when: datetime) -> PriceSnapshot |
 
 
 def cost_of(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
-    """USD for ``usage`` at ``price``, rounded half-up to 9 decimal places."""
-    raw = (usage.input_tokens * price.input_per_mtok + usage.output_tokens * price.output_per_mtok) / MILLION
+    """USD for ``usage`` at ``price``, rounded half-up to 9 decimal places, once."""
+    raw = (
+        usage.uncached_input_tokens * price.input_per_mtok
+        + usage.cached_input_tokens * price.cached_input_rate
+        + usage.cache_write_tokens * price.cache_write_rate
+        + usage.output_tokens * price.output_per_mtok
+    ) / MILLION
     return raw.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
 
 

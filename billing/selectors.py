@@ -18,7 +18,11 @@ def price_snapshots(*, model_id: int) -> list[PriceSnapshot]:
     prices: QuerySet[Price] = Price.objects.filter(model_id=model_id).order_by("-effective_from")
     return [
         PriceSnapshot(
-            input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok, effective_from=p.effective_from
+            input_per_mtok=p.input_per_mtok,
+            output_per_mtok=p.output_per_mtok,
+            effective_from=p.effective_from,
+            cached_input_per_mtok=p.cached_input_per_mtok,
+            cache_write_per_mtok=p.cache_write_per_mtok,
         )
         for p in prices
     ]

@@ -42,6 +42,9 @@ class ErrorCode(StrEnum):
     UPSTREAM_AUTH = "upstream_authentication_failed"
     UPSTREAM_REJECTED = "upstream_rejected_request"
     NO_DEPLOYMENT = "no_available_deployment"
+    UNSUPPORTED = "unsupported_by_provider"
+    UPSTREAM_OVERLOADED = "upstream_overloaded"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
     SERVER_ERROR = "server_error"
 
 

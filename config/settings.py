@@ -177,8 +177,16 @@ TOLLWAY: dict[str, Any] = {
     "LOCAL_CACHE_SECONDS": env.float("TOLLWAY_LOCAL_CACHE_SECONDS", 1.0),
     # Seconds the shared (Redis) tier keeps a key or model; writes delete it at once.
     "SHARED_CACHE_SECONDS": env.int("TOLLWAY_SHARED_CACHE_SECONDS", 300),
+    # Upstream timeouts (seconds), the defaults for providers that set none of their own:
+    # connecting, the first byte of the answer, the idle gap between streamed chunks, and
+    # the whole call.
     "UPSTREAM_CONNECT_TIMEOUT": env.float("TOLLWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0),
-    "UPSTREAM_READ_TIMEOUT": env.float("TOLLWAY_UPSTREAM_READ_TIMEOUT", 300.0),
+    "UPSTREAM_FIRST_BYTE_TIMEOUT": env.float("TOLLWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0),
+    "UPSTREAM_IDLE_TIMEOUT": env.float("TOLLWAY_UPSTREAM_IDLE_TIMEOUT", 60.0),
+    "UPSTREAM_TOTAL_TIMEOUT": env.float("TOLLWAY_UPSTREAM_TOTAL_TIMEOUT", 600.0),
+    # After a streaming client disconnects, how long to keep reading the upstream for its
+    # usage report, so the call is billed from the provider's count, not an estimate.
+    "DISCONNECT_DRAIN_SECONDS": env.float("TOLLWAY_DISCONNECT_DRAIN_SECONDS", 30.0),
     "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
     "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 100),
     # Peers whose X-Forwarded-For is believed (nginx). Anyone else's is ignored.
@@ -212,6 +220,11 @@ LOGGING = {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
+
+# Fernet keys (comma-separated, newest first, for rotation) that encrypt provider
+# credentials pasted into the admin. Without one, DEBUG derives a dev key from SECRET_KEY;
+# production then refuses to store such credentials (api_key_env still works).
+TOLLWAY_SECRETS_KEYS = env.list("TOLLWAY_SECRETS_KEY")
 
 # nginx overwrites X-Request-ID with its own unique $request_id; trust it only there.
 TOLLWAY_TRUST_REQUEST_ID = env.bool("TOLLWAY_TRUST_REQUEST_ID", False)

@@ -8,6 +8,8 @@ from proxy import views as proxy_views
 
 v1: list[URLPattern | URLResolver] = [
     path("chat/completions", proxy_views.chat_completions, name="chat-completions"),
+    path("completions", proxy_views.completions, name="completions"),
+    path("embeddings", proxy_views.embeddings, name="embeddings"),
     path("models", proxy_views.models_list, name="models"),
     path("models/<path:model>", proxy_views.model_detail, name="model-detail"),
     path("", include("tenants.urls")),

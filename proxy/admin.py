@@ -1,11 +1,56 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
 
 from billing.admin import ModelAdmin as BillingModelAdmin
 from billing.admin import PriceInline
 from billing.models import Model
+from proxy import credentials
 from proxy.models import Deployment, Provider
+
+
+class ProviderForm(forms.ModelForm):
+    """A credential can be pasted once; it is stored encrypted and never rendered again."""
+
+    api_key = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Paste the provider's API key to store it encrypted (it is never shown again). Leave empty to "
+        "keep the stored one. An environment variable named in 'API key env' takes precedence.",
+    )
+    base_url = forms.URLField(
+        required=False, assume_scheme="https", help_text=Provider._meta.get_field("base_url").help_text
+    )
+    clear_api_key = forms.BooleanField(required=False, help_text="Forget the stored credential.")
+
+    class Meta:
+        model = Provider
+        fields = (
+            "name",
+            "kind",
+            "base_url",
+            "is_active",
+            "api_key_env",
+            "connect_timeout",
+            "first_byte_timeout",
+            "idle_timeout",
+            "total_timeout",
+        )
+
+    def clean_api_key(self) -> str:
+        value: str = self.cleaned_data.get("api_key") or ""
+        if value:
+            try:
+                return credentials.encrypt(value)
+            except ImproperlyConfigured as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return ""
 
 
 class DeploymentInline(admin.TabularInline):
@@ -17,13 +62,37 @@ class DeploymentInline(admin.TabularInline):
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
     list_display = ("name", "kind", "base_url", "api_key_env", "credential_set", "is_active")
     list_filter = ("kind", "is_active")
     search_fields = ("name", "base_url")
+    readonly_fields = ("credential_status",)
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "base_url", "is_active")}),
+        ("Credential", {"fields": ("credential_status", "api_key_env", "api_key", "clear_api_key")}),
+        (
+            "Timeouts (seconds; empty = the TOLLWAY_UPSTREAM_* default)",
+            {"fields": ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout")},
+        ),
+    )
 
     @admin.display(boolean=True, description="Credential present")
     def credential_set(self, obj: Provider) -> bool:
-        return obj.credential_configured
+        return obj.credential_configured if obj.api_key_env else obj.credential_stored or obj.kind == Provider.Kind.MOCK
+
+    @admin.display(description="Credential")
+    def credential_status(self, obj: Provider) -> str:
+        if obj.api_key_env:
+            state = "set" if obj.credential_configured else "NOT set"
+            return f"from environment variable {obj.api_key_env} ({state})"
+        return "stored, encrypted" if obj.credential_stored else "none"
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        if form.cleaned_data.get("clear_api_key"):
+            obj.api_key_encrypted = ""
+        if form.cleaned_data.get("api_key"):
+            obj.api_key_encrypted = form.cleaned_data["api_key"]  # already encrypted by the form
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(Deployment)

@@ -18,6 +18,7 @@ from billing.pricing import TokenUsage, cost_of
 from config.errors import InvalidRequest
 from proxy import tokens
 from proxy.meter import Call
+from proxy.parse import EMBEDDINGS
 
 
 def max_output(call: Call) -> int:
@@ -28,6 +29,8 @@ def max_output(call: Call) -> int:
     if asked is not None and cap is not None and asked > cap:
         name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         raise InvalidRequest(f"'{name}' is {asked}, above this model's limit of {cap} output tokens.", param=name)
+    if call.chat.endpoint == EMBEDDINGS:
+        return 0  # embeddings produce no output tokens
     limit = asked or cap or settings.TOLLWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
     choices = body.get("n") or 1
     return int(limit) * int(choices)

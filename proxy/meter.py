@@ -20,7 +20,7 @@ from billing.ledger import UsageEntry, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage
 from proxy import tokens
-from proxy.parse import ChatRequest
+from proxy.parse import CHAT, ChatRequest
 from proxy.route import Route
 from tenants.selectors import KeyPrincipal
 
@@ -44,6 +44,11 @@ class Call:
 
 
 def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
+    """Tollway's own count, for when the provider reports none."""
+    if chat.endpoint != CHAT:
+        # A bare prompt or embedding input: no chat framing to count.
+        prompt = sum(tokens.count(tokens.content_text(m.get("content"))[0]) for m in chat.messages)
+        return TokenUsage(input_tokens=prompt, output_tokens=tokens.count(completion_text))
     return TokenUsage(input_tokens=tokens.prompt_tokens(chat.messages), output_tokens=tokens.count(completion_text))
 
 

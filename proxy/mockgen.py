@@ -170,3 +170,68 @@ def chunks(
     yield chunk({}, finish)
     if with_usage:
         yield {**base, "choices": [], "usage": _usage(tokens.prompt_tokens(messages), tokens.count(text))}
+
+
+# --- Legacy completions and embeddings ------------------------------------------------
+
+
+def prompt_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A legacy ``prompt`` (a string or a list of strings) as one user message."""
+    prompt = body.get("prompt", "")
+    text = prompt if isinstance(prompt, str) else " ".join(p for p in prompt if isinstance(p, str))
+    return [{"role": "user", "content": text}]
+
+
+def text_completion(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
+    """A legacy ``text_completion`` object for a ``/v1/completions`` request."""
+    chat = completion({**body, "messages": prompt_messages(body)}, model=model)
+    return {
+        **chat,
+        "id": chat["id"].replace("chatcmpl-", "cmpl-"),
+        "object": "text_completion",
+        "choices": [
+            {
+                "index": c["index"],
+                "text": c["message"]["content"],
+                "logprobs": None,
+                "finish_reason": c["finish_reason"],
+            }
+            for c in chat["choices"]
+        ],
+    }
+
+
+def text_chunks(
+    body: Mapping[str, Any], *, model: str, chunk_delay: float = 0.0, with_usage: bool | None = None
+) -> Iterator[dict[str, Any]]:
+    """A streamed legacy completion: ``text_completion`` objects with ``choices[].text``."""
+    for chunk in chunks(
+        {**body, "messages": prompt_messages(body)}, model=model, chunk_delay=chunk_delay, with_usage=with_usage
+    ):
+        chunk = {**chunk, "id": chunk["id"].replace("chatcmpl-", "cmpl-"), "object": "text_completion"}
+        chunk["choices"] = [
+            {
+                "index": c["index"],
+                "text": c["delta"].get("content") or "",
+                "logprobs": None,
+                "finish_reason": c["finish_reason"],
+            }
+            for c in chunk["choices"]
+        ]
+        yield chunk
+
+
+def embeddings(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
+    """Deterministic unit-length vectors, and the true token count of the input."""
+    inputs = body.get("input", "")
+    texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+    requested = body.get("dimensions")
+    dimensions = requested if isinstance(requested, int) and requested > 0 else 8
+    data = []
+    for index, text in enumerate(texts):
+        digest = hashlib.sha256(text.encode()).digest()
+        raw = [digest[i % len(digest)] - 127.5 for i in range(dimensions)]
+        norm = sum(v * v for v in raw) ** 0.5 or 1.0
+        data.append({"object": "embedding", "index": index, "embedding": [round(v / norm, 6) for v in raw]})
+    prompt = sum(tokens.count(t) for t in texts)
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}

@@ -1,6 +1,7 @@
 """A standalone OpenAI-compatible mock upstream server, over real HTTP.
 
     python -m proxy.mockupstream --port 9100 [--api-key K] [--latency-ms 0] [--chunk-delay-ms 0]
+    python -m proxy.mockupstream --kind anthropic|gemini [--fixtures DIR] ...   (see proxy.mockproviders)
 
 Tests run it on loopback so the real upstream code path (httpx, SSE parsing, error
 mapping) is exercised; the benchmark uses it too. Answers come from ``proxy.mockgen``.
@@ -10,7 +11,12 @@ Faults are chosen by the upstream model name, so a deployment can point at one:
 * ``mock-error-<status>``: that HTTP status with an OpenAI error body (429 adds Retry-After);
 * ``mock-garbage``: a 200 whose body is not JSON;
 * ``mock-cut``: a stream that breaks off after a few chunks, with no usage and no [DONE];
-* ``mock-no-usage``: a stream that never sends the usage chunk.
+* ``mock-no-usage``: a stream that never sends the usage chunk;
+* ``mock-slow``: a stream paced at 50 ms per chunk (to leave in the middle of);
+* ``mock-hang``: waits a second before answering (to trip a first-byte timeout).
+
+It serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``, and
+records what it received at ``/_debug/requests`` (see ``proxy.mockproviders``).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from proxy import mockgen
+from proxy.mockproviders import AnthropicUpstream, GeminiUpstream, Recorder, read_json
 
 StartResponse = Callable[..., Any]
 
@@ -58,12 +66,16 @@ class MockUpstream:
         self.api_key = api_key
         self.latency = latency
         self.chunk_delay = chunk_delay
+        self.recorder = Recorder()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/health":
             return _json(start_response, 200, {"status": "ok"})
+        debug = self.recorder.debug(environ, start_response)
+        if debug is not None:
+            return debug
         if self.api_key and environ.get("HTTP_AUTHORIZATION", "") != f"Bearer {self.api_key}":
             return _error(start_response, 401, "Incorrect API key provided.", code="invalid_api_key")
         if path in ("/v1/models", "/models") and method == "GET":
@@ -72,25 +84,38 @@ class MockUpstream:
                 200,
                 {"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]},
             )
-        if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
-            return self.chat(environ, start_response)
+        if method != "POST":
+            return _error(start_response, 404, f"No route {method} {path}", code="not_found")
+        body = read_json(environ)
+        self.recorder.record(environ, body)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _error(start_response, 400, "We could not parse the JSON body of your request.")
+        if path in ("/v1/chat/completions", "/chat/completions"):
+            if not isinstance(body.get("messages"), list):
+                return _error(start_response, 400, "'messages' is required.")
+            return self.answer(start_response, body, mockgen.completion, self.stream)
+        if path in ("/v1/completions", "/completions"):
+            if body.get("prompt") is None:
+                return _error(start_response, 400, "'prompt' is required.")
+            return self.answer(start_response, body, mockgen.text_completion, self.text_stream)
+        if path in ("/v1/embeddings", "/embeddings"):
+            if self.latency:
+                time.sleep(self.latency)
+            return _json(start_response, 200, mockgen.embeddings(body, model=body["model"]))
         return _error(start_response, 404, f"No route {method} {path}", code="not_found")
 
-    def chat(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        try:
-            body = json.loads(environ["wsgi.input"].read(length) or b"null")
-        except ValueError:
-            return _error(start_response, 400, "We could not parse the JSON body of your request.")
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("messages"), list)
-            or not isinstance(body.get("model"), str)
-        ):
-            return _error(start_response, 400, "'model' and 'messages' are required.")
+    def answer(
+        self,
+        start_response: StartResponse,
+        body: dict[str, Any],
+        complete: Callable[..., dict[str, Any]],
+        stream: Callable[[dict[str, Any], str], Iterator[bytes]],
+    ) -> Iterable[bytes]:
         model = body["model"]
         if self.latency:
             time.sleep(self.latency)
+        if model == "mock-hang":
+            time.sleep(1.0)
         if model.startswith("mock-error-"):
             status = int(model.rsplit("-", 1)[1])
             return _error(
@@ -103,14 +128,22 @@ class MockUpstream:
             start_response("200 OK", [("Content-Type", "application/json")])
             return [b"<html>definitely not json"]
         if not body.get("stream"):
-            return _json(start_response, 200, mockgen.completion(body, model=model))
+            return _json(start_response, 200, complete(body, model=model))
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
-        return self.stream(body, model)
+        return stream(body, model)
+
+    def _delay(self, model: str) -> float:
+        return 0.05 if model == "mock-slow" else self.chunk_delay
+
+    def text_stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
+        for chunk in mockgen.text_chunks(body, model=model, chunk_delay=self._delay(model)):
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
     def stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
         with_usage = False if model == "mock-no-usage" else None
         for index, chunk in enumerate(
-            mockgen.chunks(body, model=model, chunk_delay=self.chunk_delay, with_usage=with_usage)
+            mockgen.chunks(body, model=model, chunk_delay=self._delay(model), with_usage=with_usage)
         ):
             if model == "mock-cut" and index == 4:
                 raise CutStream("mock-cut: dropping the connection mid-stream")
@@ -125,15 +158,23 @@ def main(argv: list[str] | None = None) -> None:
     from gevent.pywsgi import WSGIServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--kind", choices=["openai", "anthropic", "gemini"], default="openai")
+    parser.add_argument("--fixtures", default="", help="fixture directory (anthropic, gemini)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--api-key", default="", help="require this Bearer key")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before answering")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between streamed chunks")
     args = parser.parse_args(argv)
-    app = MockUpstream(api_key=args.api_key, latency=args.latency_ms / 1000, chunk_delay=args.chunk_delay_ms / 1000)
+    app: Callable[..., Iterable[bytes]]
+    if args.kind == "openai":
+        app = MockUpstream(api_key=args.api_key, latency=args.latency_ms / 1000, chunk_delay=args.chunk_delay_ms / 1000)
+    else:
+        fixtures = Path(args.fixtures or Path(__file__).resolve().parent.parent / "tests" / "fixtures" / args.kind)
+        kinds = {"anthropic": AnthropicUpstream, "gemini": GeminiUpstream}
+        app = kinds[args.kind](fixtures, api_key=args.api_key)
     server = WSGIServer((args.host, args.port), app, log=None, error_log=None)
-    print(f"mock upstream listening on http://{args.host}:{server.server_port}/v1", flush=True)
+    print(f"mock {args.kind} upstream listening on http://{args.host}:{server.server_port}", flush=True)
     server.serve_forever()
 
 

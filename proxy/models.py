@@ -26,6 +26,16 @@ class Provider(models.Model):
         help_text="Name of the environment variable holding this provider's API key. "
         "The key itself is never stored in the database.",
     )
+    api_key_encrypted = models.TextField(
+        blank=True,
+        editable=False,
+        help_text="A credential pasted into the admin, Fernet-encrypted (proxy.credentials). Never shown.",
+    )
+    # Timeouts in seconds; empty means the TOLLWAY_UPSTREAM_* default.
+    connect_timeout = models.FloatField(null=True, blank=True, help_text="Seconds to connect")
+    first_byte_timeout = models.FloatField(null=True, blank=True, help_text="Seconds until the answer starts")
+    idle_timeout = models.FloatField(null=True, blank=True, help_text="Longest gap between streamed chunks")
+    total_timeout = models.FloatField(null=True, blank=True, help_text="Seconds for the whole call")
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -42,7 +52,13 @@ class Provider(models.Model):
 
     @property
     def credential_configured(self) -> bool:
-        return not self.api_key_env or bool(os.environ.get(self.api_key_env))
+        if self.api_key_env:
+            return bool(os.environ.get(self.api_key_env))
+        return True
+
+    @property
+    def credential_stored(self) -> bool:
+        return bool(self.api_key_encrypted)
 
 
 class Deployment(models.Model):

@@ -1,18 +1,25 @@
 """Stage 6, relay: the answer back to the client, as JSON or as SSE chunks, with its cost.
 
-Streams are relayed chunk by chunk. Usage is collected from the provider's final usage
-chunk (requested upstream whatever the client asked); the client sees that chunk only if
-it asked for it, with ``usage.cost`` added. Once the first byte has gone out, a failure
-becomes an SSE error event, never a silent end, and the call is metered whatever happened.
+Streams are relayed chunk by chunk. Usage is collected from the provider's usage chunk
+(requested upstream whatever the client asked; adapters of other formats end every stream
+with one). The latest usage seen wins, since some providers repeat a cumulative total.
+The client sees that chunk only if it asked for it, with ``usage.cost`` added.
+
+Once the first byte has gone out, a failure becomes an SSE error event, never a silent
+end, and the call is metered whatever happened. If the client goes away first, Tollway
+keeps reading the upstream for up to ``TOLLWAY_DISCONNECT_DRAIN_SECONDS`` so the call is
+billed from the provider's own count rather than an estimate.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.http import JsonResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
@@ -21,37 +28,59 @@ from config.errors import TollwayError, UpstreamError
 from proxy import meter
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
+from proxy.parse import COMPLETIONS, EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
 COST_HEADER = "X-Tollway-Cost"
 
 
-def usage_body(usage: TokenUsage, cost: Decimal, upstream: Any = None) -> dict[str, Any]:
+def usage_body(usage: TokenUsage, cost: Decimal, upstream: Any = None, *, embeddings: bool = False) -> dict[str, Any]:
     """OpenAI's usage object, keeping the provider's details, plus ``cost`` in USD."""
     body = dict(upstream) if isinstance(upstream, dict) else {}
-    body.update(
-        prompt_tokens=usage.input_tokens,
-        completion_tokens=usage.output_tokens,
-        total_tokens=usage.input_tokens + usage.output_tokens,
-        cost=usd(cost),
-    )
+    body.update(prompt_tokens=usage.input_tokens, total_tokens=usage.input_tokens + usage.output_tokens)
+    if not embeddings:
+        body["completion_tokens"] = usage.output_tokens
+    if usage.cached_input_tokens or usage.cache_write_tokens:
+        details = dict(body.get("prompt_tokens_details") or {})
+        details["cached_tokens"] = usage.cached_input_tokens
+        if usage.cache_write_tokens:
+            details["cache_write_tokens"] = usage.cache_write_tokens
+        body["prompt_tokens_details"] = details
+    body["cost"] = usd(cost)
     return body
+
+
+def _choice_text(choice: Any) -> str:
+    """The text a choice (or a chunk's choice) carries: content, tool-call arguments, or
+    a legacy completion's text. What Tollway counts when usage never arrives."""
+    if not isinstance(choice, dict):
+        return ""
+    parts: list[str] = []
+    if isinstance(choice.get("text"), str):
+        parts.append(choice["text"])
+    for key in ("message", "delta"):
+        message = choice.get(key)
+        if not isinstance(message, dict):
+            continue
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                parts.append(function["arguments"])
+    return " ".join(parts)
 
 
 def json_response(call: meter.Call, completion: Completion) -> JsonResponse:
     body = completion.body
     usage, estimated = completion.usage, False
     if usage is None:
-        text = " ".join(
-            str((choice.get("message") or {}).get("content") or "")
-            for choice in body.get("choices", [])
-            if isinstance(choice, dict)
-        )
+        text = " ".join(_choice_text(choice) for choice in body.get("choices") or [])
         usage, estimated = meter.estimate(call.chat, text), True
     cost = meter.record(call, usage, estimated=estimated)
     body["model"] = call.route.entry.name
-    body["usage"] = usage_body(usage, cost, body.get("usage"))
+    body["usage"] = usage_body(usage, cost, body.get("usage"), embeddings=call.chat.endpoint == EMBEDDINGS)
     response = JsonResponse(body)
     response[COST_HEADER] = usd(cost)
     return response
@@ -64,58 +93,101 @@ def stream_response(call: meter.Call, upstream: ChunkStream) -> StreamingHttpRes
     return response
 
 
+class _Tally:
+    """What a stream has told us so far: the latest usage, and the text it carried."""
+
+    def __init__(self, upstream: ChunkStream) -> None:
+        self.upstream = upstream
+        self.usage: TokenUsage | None = None
+        self.usage_chunk: dict[str, Any] | None = None
+        self.text: list[str] = []
+
+    def take(self, chunk: dict[str, Any]) -> bool:
+        """Note the chunk; True if it is a usage-only chunk, which is held back."""
+        chunk_usage = usage_from_openai(chunk.get("usage"))
+        if chunk_usage is not None:
+            self.usage, self.usage_chunk = chunk_usage, chunk
+        choices = chunk.get("choices")
+        if not choices:
+            return True
+        self.text.extend(_choice_text(choice) for choice in choices)
+        return False
+
+
 def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
     model_name = call.route.entry.name
-    usage: TokenUsage | None = None
-    usage_chunk: dict[str, Any] | None = None
-    relayed: list[str] = []
+    chunks = iter(upstream)
+    tally = _Tally(upstream)
     outcome = UsageRecord.Outcome.CLIENT_GONE  # until the stream ends otherwise
     try:
         try:
-            for chunk in upstream:
-                chunk_usage = usage_from_openai(chunk.get("usage"))
-                if chunk_usage is not None:
-                    usage, usage_chunk = chunk_usage, chunk
-                choices = chunk.get("choices")
-                if not choices:
+            for chunk in chunks:
+                if tally.take(chunk):
                     continue  # the usage chunk: sent last, with its cost
-                for choice in choices:
-                    delta = choice.get("delta") if isinstance(choice, dict) else None
-                    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                        relayed.append(delta["content"])
                 chunk["model"] = model_name
                 if not call.chat.include_usage:
                     chunk.pop("usage", None)
                 yield sse_event(chunk)
         except TollwayError as exc:
             outcome = UsageRecord.Outcome.UPSTREAM_ERROR
-            _meter(call, usage, relayed, outcome)
+            _meter(call, tally, outcome)
             yield sse_error_event(exc)
             return
         except Exception:
             log.exception("relay failed for request %s", call.request_id)
             outcome = UsageRecord.Outcome.UPSTREAM_ERROR
-            _meter(call, usage, relayed, outcome)
+            _meter(call, tally, outcome)
             yield sse_error_event(UpstreamError("The stream failed inside Tollway."))
             return
         outcome = UsageRecord.Outcome.COMPLETED
-        cost = _meter(call, usage, relayed, outcome)
+        cost = _meter(call, tally, outcome)
         if call.chat.include_usage:
-            final = dict(usage_chunk or {"id": "", "object": "chat.completion.chunk", "choices": []})
+            kind = "text_completion" if call.chat.endpoint == COMPLETIONS else "chat.completion.chunk"
+            final = dict(tally.usage_chunk or {"id": "", "object": kind, "choices": []})
             final["model"] = model_name
-            final["usage"] = usage_body(_usage_or_estimate(call, usage, relayed), cost, final.get("usage"))
+            final["usage"] = usage_body(_usage_or_estimate(call, tally), cost, final.get("usage"))
             yield sse_event(final)
         yield SSE_DONE
     finally:
-        # The client went away (GeneratorExit at a yield) or anything else: bill what we know.
+        # GeneratorExit at a yield: the client went away. Bill what the provider counts.
         if not call.metered:
-            _meter(call, usage, relayed, outcome)
+            if outcome == UsageRecord.Outcome.CLIENT_GONE and tally.usage is None:
+                _drain(call, chunks, tally)
+            _meter(call, tally, outcome)
         upstream.close()
 
 
-def _usage_or_estimate(call: meter.Call, usage: TokenUsage | None, relayed: list[str]) -> TokenUsage:
-    return usage if usage is not None else meter.estimate(call.chat, "".join(relayed))
+def _drain(call: meter.Call, chunks: Iterator[dict[str, Any]], tally: _Tally) -> None:
+    """Read on, relaying nothing, until the usage arrives or the drain time is up.
+
+    Each read is still bounded by the provider's idle and total timeouts.
+    """
+    deadline = time.monotonic() + float(settings.TOLLWAY["DISCONNECT_DRAIN_SECONDS"])
+    try:
+        for chunk in chunks:
+            tally.take(chunk)
+            if tally.usage is not None or time.monotonic() > deadline:
+                return
+    except Exception as exc:  # the upstream failed too: the estimate will do
+        log.info("request %s: upstream ended while draining after a disconnect: %r", call.request_id, exc)
 
 
-def _meter(call: meter.Call, usage: TokenUsage | None, relayed: list[str], outcome: UsageRecord.Outcome) -> Decimal:
-    return meter.record(call, _usage_or_estimate(call, usage, relayed), estimated=usage is None, outcome=outcome)
+def _usage_or_estimate(call: meter.Call, tally: _Tally) -> TokenUsage:
+    """The provider's usage; failing that, what it had counted so far (its input side is
+    exact, cached tokens included) with the output no less than Tollway's own count."""
+    if tally.usage is not None:
+        return tally.usage
+    estimate = meter.estimate(call.chat, "".join(tally.text))
+    known = tally.upstream.partial_usage()
+    if known is None:
+        return estimate
+    return TokenUsage(
+        input_tokens=known.input_tokens,
+        output_tokens=max(known.output_tokens, estimate.output_tokens),
+        cached_input_tokens=known.cached_input_tokens,
+        cache_write_tokens=known.cache_write_tokens,
+    )
+
+
+def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal:
+    return meter.record(call, _usage_or_estimate(call, tally), estimated=tally.usage is None, outcome=outcome)

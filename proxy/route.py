@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.utils import timezone
 
 from billing.models import Model
@@ -16,7 +17,27 @@ from billing.pricing import PriceSnapshot, price_at
 from billing.selectors import price_snapshots
 from config.cache import TieredCache
 from config.errors import ErrorCode, NotFound, UpstreamError
-from proxy.models import Deployment
+from proxy.models import Deployment, Provider
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds: to connect, to the first byte, between streamed chunks, for the whole call."""
+
+    connect: float
+    first_byte: float
+    idle: float
+    total: float
+
+    @classmethod
+    def defaults(cls) -> Timeouts:
+        conf = settings.TOLLWAY
+        return cls(
+            connect=conf["UPSTREAM_CONNECT_TIMEOUT"],
+            first_byte=conf["UPSTREAM_FIRST_BYTE_TIMEOUT"],
+            idle=conf["UPSTREAM_IDLE_TIMEOUT"],
+            total=conf["UPSTREAM_TOTAL_TIMEOUT"],
+        )
 
 
 @dataclass(frozen=True)
@@ -31,6 +52,22 @@ class Target:
     upstream_model: str
     priority: int
     weight: int
+    api_key_encrypted: str = ""
+    timeouts: Timeouts | None = None
+
+    @property
+    def limits(self) -> Timeouts:
+        return self.timeouts or Timeouts.defaults()
+
+
+def _timeouts(provider: Provider) -> Timeouts:
+    default = Timeouts.defaults()
+    return Timeouts(
+        connect=provider.connect_timeout or default.connect,
+        first_byte=provider.first_byte_timeout or default.first_byte,
+        idle=provider.idle_timeout or default.idle,
+        total=provider.total_timeout or default.total,
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +110,8 @@ def _load_route(name: str) -> RouteEntry | None:
                 upstream_model=d.upstream_model,
                 priority=d.priority,
                 weight=d.weight,
+                api_key_encrypted=d.provider.api_key_encrypted,
+                timeouts=_timeouts(d.provider),
             )
             for d in deployments
         ),

@@ -26,7 +26,8 @@ def client() -> httpx.Client:
                 _client = httpx.Client(
                     timeout=httpx.Timeout(
                         connect=conf["UPSTREAM_CONNECT_TIMEOUT"],
-                        read=conf["UPSTREAM_READ_TIMEOUT"],
+                        # Every adapter call sets its provider's own limits (adapters.base.post).
+                        read=conf["UPSTREAM_FIRST_BYTE_TIMEOUT"],
                         write=conf["UPSTREAM_CONNECT_TIMEOUT"],
                         pool=conf["UPSTREAM_CONNECT_TIMEOUT"],
                     ),

@@ -47,9 +47,11 @@ def api_view(*methods: str) -> Callable[[View], View]:
     return decorator
 
 
-@api_view("POST")
-def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    chat = parse.chat_request(request)
+Answer = Callable[[meter.Call, adapters.Adapter, dict[str, Any]], HttpResponseBase]
+
+
+def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
+    """Stages 2 to 7 for a parsed request; ``answer`` calls the adapter and relays."""
     principal = auth.authenticate(request)
     auth.require_model(principal, chat.model)
     chosen = route.resolve(chat.model)
@@ -58,16 +60,45 @@ def chat_completions(request: HttpRequest) -> HttpResponseBase:
     admission = admit.admit(call)
     body = chat.upstream_body(chosen.target.upstream_model)
     try:
-        if chat.stream:
-            response: HttpResponseBase = relay.stream_response(call, adapter.stream(chosen.target, body))
-        else:
-            response = relay.json_response(call, adapter.complete(chosen.target, body))
+        response = answer(call, adapter, body)
     except BaseException:
         meter.release(call)  # nothing billable happened: the reservation goes back
         raise
     for name, value in admission.headers.items():
         response[name] = value
     return response
+
+
+def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
+    if call.chat.stream:
+        return relay.stream_response(call, adapter.stream(call.route.target, body))
+    return relay.json_response(call, adapter.complete(call.route.target, body))
+
+
+def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
+    if call.chat.stream:
+        return relay.stream_response(call, adapter.text_stream(call.route.target, body))
+    return relay.json_response(call, adapter.text_complete(call.route.target, body))
+
+
+def _embed(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
+    return relay.json_response(call, adapter.embed(call.route.target, body))
+
+
+@api_view("POST")
+def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    return _run(request, parse.chat_request(request), _chat)
+
+
+@api_view("POST")
+def completions(request: HttpRequest) -> HttpResponseBase:
+    """The legacy text completions endpoint."""
+    return _run(request, parse.completion_request(request), _text)
+
+
+@api_view("POST")
+def embeddings(request: HttpRequest) -> HttpResponseBase:
+    return _run(request, parse.embedding_request(request), _embed)
 
 
 def _model_object(listing: route.ModelListing) -> dict[str, Any]:

@@ -65,18 +65,53 @@ class Upstream:
     base_url: str
     port: int
 
+    def received(self) -> list[dict[str, Any]]:
+        """The requests this loopback upstream has received, oldest first."""
+        return list(httpx.get(f"http://127.0.0.1:{self.port}/_debug/requests").json())
+
+    def last(self) -> dict[str, Any]:
+        return self.received()[-1]
+
+    def forget(self) -> None:
+        httpx.delete(f"http://127.0.0.1:{self.port}/_debug/requests")
+
+
+def start_upstream(kind: str, base_path: str) -> tuple[subprocess.Popen[Any], Upstream]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.mockupstream", "--kind", kind, "--port", str(port), "--api-key", UPSTREAM_KEY],
+        cwd=ROOT,
+    )
+    wait_for_http(f"http://127.0.0.1:{port}/health", proc=proc)
+    return proc, Upstream(base_url=f"http://127.0.0.1:{port}{base_path}", port=port)
+
 
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[Upstream]:
     """``python -m proxy.mockupstream`` as a real HTTP server on loopback, requiring a key."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY],
-        cwd=ROOT,
-    )
+    proc, upstream = start_upstream("openai", "/v1")
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", proc=proc)
-        yield Upstream(base_url=f"http://127.0.0.1:{port}/v1", port=port)
+        yield upstream
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def anthropic_upstream() -> Iterator[Upstream]:
+    """A loopback server speaking Anthropic's Messages API from tests/fixtures/anthropic."""
+    proc, upstream = start_upstream("anthropic", "/v1")
+    try:
+        yield upstream
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def gemini_upstream() -> Iterator[Upstream]:
+    """A loopback server speaking Gemini's generateContent API from tests/fixtures/gemini."""
+    proc, upstream = start_upstream("gemini", "/v1beta")
+    try:
+        yield upstream
     finally:
         stop(proc)
 
@@ -132,15 +167,34 @@ class Catalog:
         return price.input_per_mtok, price.output_per_mtok
 
     def add_http_model(
-        self, name: str, upstream: Upstream, upstream_model: str, prices: tuple[str, str] = ("8", "32")
+        self,
+        name: str,
+        upstream: Upstream,
+        upstream_model: str,
+        prices: tuple[str, str] = ("8", "32"),
+        *,
+        kind: str = Provider.Kind.OPENAI,
+        cache_prices: tuple[str | None, str | None] = (None, None),
+        **provider_fields: Any,
     ) -> Model:
-        """A model served by the loopback mock upstream as an OpenAI-compatible provider."""
+        """A model served by a loopback upstream of ``kind`` (one provider per kind)."""
         provider, _ = Provider.objects.get_or_create(
-            name="loopback",
-            defaults={"kind": Provider.Kind.OPENAI, "base_url": upstream.base_url, "api_key_env": UPSTREAM_KEY_ENV},
+            name="loopback" if kind == Provider.Kind.OPENAI else f"loopback-{kind}",
+            defaults={
+                "kind": kind,
+                "base_url": upstream.base_url,
+                "api_key_env": UPSTREAM_KEY_ENV,
+                **provider_fields,
+            },
         )
         model = Model.objects.create(name=name)
-        Price.objects.create(model=model, input_per_mtok=Decimal(prices[0]), output_per_mtok=Decimal(prices[1]))
+        Price.objects.create(
+            model=model,
+            input_per_mtok=Decimal(prices[0]),
+            output_per_mtok=Decimal(prices[1]),
+            cached_input_per_mtok=Decimal(cache_prices[0]) if cache_prices[0] else None,
+            cache_write_per_mtok=Decimal(cache_prices[1]) if cache_prices[1] else None,
+        )
         Deployment.objects.create(model=model, provider=provider, upstream_model=upstream_model)
         self.models[name] = model
         return model

@@ -10,6 +10,7 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:54
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("TOLLWAY_SECRETS_KEY", "JanixPV2avOcbg0wWyfWMgG59MBN2gr6cYDJJrqrnDk=")  # tests only
 
 from config.settings import *  # noqa: F403
 

@@ -1,27 +1,42 @@
-"""The adapter interface: one provider kind, spoken in OpenAI's chat format both ways."""
+"""The adapter interface: one provider kind, spoken in OpenAI's formats both ways.
+
+An adapter takes an OpenAI-shaped request body (with the provider's model name already
+in ``model``) and returns OpenAI-shaped answers: a ``chat.completion`` (or
+``text_completion``, or an embedding list) and, for streams, ``chat.completion.chunk``
+dicts. Usage always travels in OpenAI's ``usage`` object; the last chunk of every stream
+carries it with ``choices: []``, whatever the provider's own format.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
+
 from billing.pricing import TokenUsage
-from config.errors import ErrorCode, UpstreamError
+from config.errors import ErrorCode, InvalidRequest, RateLimited, TollwayError, UpstreamError
+from proxy import credentials
 from proxy.route import Target
+from proxy.upstream import client
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Completion:
-    """A non-streamed answer in OpenAI's ``chat.completion`` shape, and its usage if reported."""
+    """A non-streamed answer in OpenAI's shape, and its usage if reported."""
 
     body: dict[str, Any]
     usage: TokenUsage | None
 
 
 class ChunkStream(Protocol):
-    """An open upstream stream of ``chat.completion.chunk`` dicts.
+    """An open upstream stream of OpenAI chunk dicts.
 
     Iterating raises :class:`UpstreamError` if the stream fails or ends before its end
     marker; ``close()`` releases the connection, and is safe to call twice.
@@ -31,25 +46,98 @@ class ChunkStream(Protocol):
 
     def close(self) -> None: ...
 
+    def partial_usage(self) -> TokenUsage | None:
+        """What the provider has counted so far, for a stream that ends before its usage
+        chunk (Anthropic's ``message_start``, Gemini's latest snapshot); None if nothing."""
+        ...
+
 
 class Adapter(Protocol):
     def complete(self, target: Target, body: dict[str, Any]) -> Completion:
-        """Call the provider and return the whole answer, or raise UpstreamError."""
+        """Chat: call the provider and return the whole answer, or raise UpstreamError."""
         ...
 
     def stream(self, target: Target, body: dict[str, Any]) -> ChunkStream:
-        """Open a stream; raise UpstreamError if it fails before the first chunk."""
+        """Chat: open a stream; raise UpstreamError if it fails before the first chunk."""
+        ...
+
+    def text_complete(self, target: Target, body: dict[str, Any]) -> Completion:
+        """Legacy ``/v1/completions``."""
+        ...
+
+    def text_stream(self, target: Target, body: dict[str, Any]) -> ChunkStream:
+        """Legacy ``/v1/completions`` with ``stream: true``."""
+        ...
+
+    def embed(self, target: Target, body: dict[str, Any]) -> Completion:
+        """``/v1/embeddings``."""
         ...
 
 
+class Unsupported:
+    """Mixin: the endpoints a kind does not speak answer one clear OpenAI-shaped 400."""
+
+    kind = "this"
+
+    def _unsupported(self, target: Target, endpoint: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"The model is served by a {self.kind} provider, which has no {endpoint} endpoint. "
+            "Use a model served by an OpenAI-compatible provider for it.",
+            param="model",
+            code=ErrorCode.UNSUPPORTED,
+        )
+
+    def text_complete(self, target: Target, body: dict[str, Any]) -> Completion:
+        raise self._unsupported(target, "/v1/completions")
+
+    def text_stream(self, target: Target, body: dict[str, Any]) -> ChunkStream:
+        raise self._unsupported(target, "/v1/completions")
+
+    def embed(self, target: Target, body: dict[str, Any]) -> Completion:
+        raise self._unsupported(target, "/v1/embeddings")
+
+
 def usage_from_openai(usage: Any) -> TokenUsage | None:
-    """OpenAI's ``usage`` object as TokenUsage; ``None`` if absent or malformed."""
+    """OpenAI's ``usage`` object as TokenUsage; ``None`` if absent or malformed.
+
+    Cached prompt tokens come from ``prompt_tokens_details.cached_tokens``; the cache
+    writes translated adapters report (Anthropic) from ``prompt_tokens_details.cache_write_tokens``.
+    Embeddings report no ``completion_tokens``: that is 0.
+    """
     if not isinstance(usage, Mapping):
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    if completion is None:
+        completion = 0
     if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
         return None
-    return TokenUsage(input_tokens=prompt, output_tokens=completion)
+    details = usage.get("prompt_tokens_details")
+    cached = write = 0
+    if isinstance(details, Mapping):
+        cached = details.get("cached_tokens") or 0
+        write = details.get("cache_write_tokens") or 0
+        if not isinstance(cached, int) or not isinstance(write, int) or cached < 0 or write < 0:
+            cached = write = 0
+    return TokenUsage(
+        input_tokens=prompt,
+        output_tokens=completion,
+        cached_input_tokens=min(cached, prompt),
+        cache_write_tokens=min(write, max(prompt - cached, 0)),
+    )
+
+
+def openai_usage(usage: TokenUsage) -> dict[str, Any]:
+    """TokenUsage as OpenAI's ``usage`` object (for translated providers)."""
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.cached_input_tokens or usage.cache_write_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_input_tokens}
+        if usage.cache_write_tokens:
+            body["prompt_tokens_details"]["cache_write_tokens"] = usage.cache_write_tokens
+    return body
 
 
 def sse_data(lines: Iterator[str]) -> Iterator[str]:
@@ -67,19 +155,219 @@ def sse_data(lines: Iterator[str]) -> Iterator[str]:
         yield "\n".join(data)
 
 
-def decode_chunk(payload: str) -> dict[str, Any]:
+def bad_event() -> UpstreamError:
+    return UpstreamError("The upstream provider sent a malformed stream event.", code=ErrorCode.UPSTREAM_BAD_RESPONSE)
+
+
+def load_event(payload: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(payload)
+        event = json.loads(payload)
     except ValueError:
-        raise UpstreamError(
-            "The upstream provider sent a malformed stream event.", code=ErrorCode.UPSTREAM_BAD_RESPONSE
-        ) from None
-    if not isinstance(chunk, dict):
-        raise UpstreamError(
-            "The upstream provider sent a malformed stream event.", code=ErrorCode.UPSTREAM_BAD_RESPONSE
-        )
+        raise bad_event() from None
+    if not isinstance(event, dict):
+        raise bad_event()
+    return event
+
+
+def decode_chunk(payload: str) -> dict[str, Any]:
+    chunk = load_event(payload)
     if "error" in chunk:
         error = chunk["error"] if isinstance(chunk["error"], Mapping) else {}
         message = str(error.get("message") or "unknown error")[:500]
         raise UpstreamError(f"The upstream provider failed mid-stream: {message}")
     return chunk
+
+
+def bad_response(target: Target, content: bytes) -> UpstreamError:
+    log.warning("upstream %s sent an unreadable body: %r", target.provider_name, content[:200])
+    return UpstreamError(
+        "The upstream provider sent a response Tollway could not read.", code=ErrorCode.UPSTREAM_BAD_RESPONSE
+    )
+
+
+# --- HTTP, shared by every networked kind -----------------------------------------------
+
+
+def upstream_message(content: bytes) -> str:
+    """The provider's error message. OpenAI, Anthropic and Gemini all put it at
+    ``error.message``."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return ""
+    error = data.get("error") if isinstance(data, Mapping) else None
+    message = error.get("message") if isinstance(error, Mapping) else error
+    return str(message)[:500] if message else ""
+
+
+def _retry_delay(content: bytes) -> str:
+    """Gemini's RetryInfo (``error.details[].retryDelay``, e.g. "37s") as whole seconds."""
+    if b"retryDelay" not in content:
+        return ""
+    try:
+        details = json.loads(content)["error"]["details"]
+        delay = next(d["retryDelay"] for d in details if isinstance(d, dict) and "retryDelay" in d)
+        return str(max(1, round(float(str(delay).rstrip("s")))))
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return ""
+
+
+def error_for_status(target: Target, status: int, content: bytes, headers: Mapping[str, str]) -> TollwayError:
+    """Map a provider's non-200 answer to what the client should see."""
+    message = upstream_message(content)
+    log.warning("upstream %s answered %s: %s", target.provider_name, status, message or content[:200])
+    retry_after = headers.get("retry-after") or _retry_delay(content)
+    retry = {"Retry-After": retry_after} if retry_after else {}
+    if status == 400 and b"API_KEY_INVALID" in content:
+        status = 401  # Gemini answers a bad key with a 400; it is still our credential
+    if status in (400, 413, 422):
+        # The request itself was refused: the client can fix it, so pass the reason on.
+        return InvalidRequest(
+            f"The upstream provider rejected the request: {message or 'no reason given'}",
+            code=ErrorCode.UPSTREAM_REJECTED,
+            status=status,
+        )
+    if status in (401, 403):
+        # Our credential, not the tenant's: never pass the provider's words about it on,
+        # and tell the SDK that retrying will not help.
+        return UpstreamError(
+            "The upstream provider refused Tollway's credentials.",
+            code=ErrorCode.UPSTREAM_AUTH,
+            headers={"x-should-retry": "false"},
+        )
+    if status == 429:
+        return RateLimited("The upstream provider is rate limiting requests; retry shortly.", headers=retry)
+    if status in (503, 529):
+        # 529 is Anthropic's overloaded_error: transient, so tell the client when to come back.
+        return UpstreamError(
+            "The upstream provider is overloaded; retry shortly.",
+            code=ErrorCode.UPSTREAM_OVERLOADED,
+            status=503,
+            headers=retry or {"Retry-After": "5"},
+        )
+    if status == 504:
+        return UpstreamError("The upstream provider timed out.", code=ErrorCode.UPSTREAM_TIMEOUT, status=504)
+    return UpstreamError(f"The upstream provider failed with HTTP {status}.")
+
+
+def transport_error(target: Target, exc: httpx.HTTPError, when: str) -> UpstreamError:
+    log.warning("upstream %s %s: %r", target.provider_name, when, exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(f"The upstream provider timed out {when}.", code=ErrorCode.UPSTREAM_TIMEOUT, status=504)
+    return UpstreamError(f"The upstream provider could not be reached {when}.")
+
+
+def secret(target: Target) -> str:
+    """The provider credential, or an UpstreamError that does not say more than needed."""
+    value = credentials.resolve(api_key_env=target.api_key_env, api_key_encrypted=target.api_key_encrypted)
+    if value is None:
+        log.error("provider %s: its credential is missing (%s)", target.provider_name, target.api_key_env or "stored")
+        raise UpstreamError("The upstream provider is not configured.", code=ErrorCode.UPSTREAM_AUTH)
+    return value
+
+
+def post(target: Target, url: str, body: dict[str, Any], headers: dict[str, str], *, stream: bool) -> httpx.Response:
+    """POST JSON upstream with the provider's timeouts; a non-200 raises the mapped error.
+
+    The read timeout is the time-to-first-byte limit until the headers arrive; a streamed
+    body's reads then use the idle limit (see :class:`UpstreamStream`).
+    """
+    limits = target.limits
+    timeout = httpx.Timeout(
+        connect=limits.connect,
+        read=min(limits.first_byte, limits.total),
+        write=limits.connect,
+        pool=limits.connect,
+    )
+    request = client().build_request(
+        "POST",
+        url,
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+        timeout=timeout,
+    )
+    try:
+        response = client().send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise transport_error(target, exc, "before answering") from None
+    if response.status_code != 200:
+        try:
+            content = response.read()
+        except httpx.HTTPError:
+            content = b""
+        finally:
+            response.close()
+        raise error_for_status(target, response.status_code, content, response.headers)
+    if not stream:
+        try:
+            response.read()
+        except httpx.HTTPError as exc:
+            raise transport_error(target, exc, "while answering") from None
+        finally:
+            response.close()
+    return response
+
+
+def json_of(target: Target, response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise bad_response(target, response.content)
+    return data
+
+
+class UpstreamStream:
+    """An open streamed response: SSE payloads with the idle and total limits applied.
+
+    Subclasses turn the provider's events into OpenAI chunks in :meth:`chunks`.
+    """
+
+    def __init__(self, target: Target, response: httpx.Response) -> None:
+        self.target = target
+        self.response = response
+        limits = target.limits
+        self.deadline = time.monotonic() + limits.total
+        # httpcore reads the read timeout when the body is first iterated, from this very
+        # dict, so from here on each read waits at most the idle gap.
+        timeout = response.request.extensions.get("timeout")
+        if isinstance(timeout, dict):
+            timeout["read"] = min(limits.idle, limits.total)
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            response.close()
+            raise UpstreamError(
+                "The upstream provider did not answer with a stream.", code=ErrorCode.UPSTREAM_BAD_RESPONSE
+            )
+
+    def payloads(self) -> Iterator[str]:
+        try:
+            for payload in sse_data(self.response.iter_lines()):
+                if time.monotonic() > self.deadline:
+                    raise UpstreamError(
+                        "The upstream provider took longer than its total time limit.",
+                        code=ErrorCode.UPSTREAM_TIMEOUT,
+                        status=504,
+                    )
+                yield payload
+        except httpx.HTTPError as exc:
+            raise transport_error(self.target, exc, "mid-stream") from None
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def partial_usage(self) -> TokenUsage | None:
+        return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self.chunks()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def cut_short() -> UpstreamError:
+    return UpstreamError("The upstream stream ended before it finished.", code=ErrorCode.UPSTREAM_BAD_RESPONSE)

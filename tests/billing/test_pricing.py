@@ -70,3 +70,46 @@ def test_ledger_write_is_idempotent_per_request_id() -> None:
     row = UsageRecord.objects.get()
     assert row.cost == Decimal("0.002400000")
     assert (row.input_price_per_mtok, row.output_price_per_mtok) == (Decimal("8"), Decimal("32"))
+
+
+def test_cached_tokens_are_priced_at_their_own_rates() -> None:
+    snapshot = PriceSnapshot(
+        Decimal("3"), Decimal("15"), T0, cached_input_per_mtok=Decimal("0.30"), cache_write_per_mtok=Decimal("3.75")
+    )
+    usage = TokenUsage(input_tokens=2025, output_tokens=15, cached_input_tokens=1800, cache_write_tokens=200)
+    # 25 uncached at $3, 1800 read at $0.30, 200 written at $3.75, 15 out at $15
+    assert cost_of(usage, snapshot) == Decimal("0.001590000")
+    # the same tokens charged as if nothing were cached cost more: the LiteLLM #36083 bug
+    assert cost_of(TokenUsage(2025, 15), snapshot) > cost_of(usage, snapshot)
+
+
+def test_cache_prices_fall_back_to_the_input_price() -> None:
+    usage = TokenUsage(input_tokens=1000, output_tokens=0, cached_input_tokens=600, cache_write_tokens=100)
+    assert cost_of(usage, price("2", "8")) == cost_of(TokenUsage(1000, 0), price("2", "8")) == Decimal("0.002")
+
+
+@pytest.mark.django_db
+def test_ledger_row_keeps_cached_tokens_and_the_rates_applied(tenant: Tenant) -> None:
+    model = Model.objects.create(name="m")
+    snapshot = PriceSnapshot(Decimal("2"), Decimal("8"), T0, cached_input_per_mtok=Decimal("0.5"))
+    usage_record_create(
+        entry=UsageEntry(
+            request_id="req-cached",
+            created_at=T0,
+            tenant_id=tenant.pk,
+            api_key_id=None,
+            model_id=model.pk,
+            provider="p",
+            upstream_model="m",
+            usage=TokenUsage(input_tokens=100, output_tokens=10, cached_input_tokens=40),
+            price=snapshot,
+            usage_estimated=False,
+            streamed=True,
+            outcome=UsageRecord.Outcome.COMPLETED,
+            latency_ms=1,
+        )
+    )
+    row = UsageRecord.objects.get()
+    assert (row.input_tokens, row.cached_input_tokens, row.cache_write_tokens) == (100, 40, 0)
+    assert (row.cached_input_price_per_mtok, row.cache_write_price_per_mtok) == (Decimal("0.5"), Decimal("2"))
+    assert row.cost == Decimal("0.000220000")  # (60 x 2 + 40 x 0.5 + 10 x 8) / 10^6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.core.signals import request_finished
@@ -10,7 +11,7 @@ from django.db import close_old_connections
 from django.test import RequestFactory
 
 from billing.models import UsageRecord
-from proxy import tokens, views
+from proxy import mockgen, tokens, views
 from tenants.services import CreatedKey
 from tests.conftest import Api, Catalog, Upstream, sse_events, user
 
@@ -91,16 +92,16 @@ def test_stream_without_include_usage_hides_usage_but_still_bills_it(api: Api, c
     assert row.output_tokens > 0 and row.cost > 0 and not row.usage_estimated
 
 
-def test_client_leaving_mid_stream_is_still_billed(rf: RequestFactory, key: CreatedKey, catalog: Catalog) -> None:
+def _leave_after_three_chunks(rf: RequestFactory, key: CreatedKey, request_id: str, content: str) -> None:
     # The view is called directly, as the WSGI server calls it, so that closing the
     # response is exactly what gunicorn does when the client disconnects.
     request = rf.post(
         "/v1/chat/completions",
-        data={"model": "gpt-4.1", "messages": user("I will leave early"), "stream": True},
+        data={"model": "gpt-4.1", "messages": user(content), "stream": True},
         content_type="application/json",
         headers={"Authorization": f"Bearer {key.plaintext}"},
     )
-    request.request_id = "req-client-leaves"  # type: ignore[attr-defined]
+    request.request_id = request_id  # type: ignore[attr-defined]
     response = views.chat_completions(request)
     stream = iter(response)
     received = [next(stream) for _ in range(3)]
@@ -112,6 +113,25 @@ def test_client_leaving_mid_stream_is_still_billed(rf: RequestFactory, key: Crea
     finally:
         request_finished.connect(close_old_connections)
 
+
+def test_client_leaving_mid_stream_is_billed_from_the_providers_count(
+    rf: RequestFactory, key: CreatedKey, catalog: Catalog
+) -> None:
+    # given a client that reads three chunks and leaves
+    _leave_after_three_chunks(rf, key, "req-client-leaves", "I will leave early")
+    # then Tollway read on to the provider's usage chunk and billed exactly that
+    full = mockgen.completion({"messages": user("I will leave early")}, model="gpt-4.1")["usage"]
+    row = UsageRecord.objects.get()
+    assert row.outcome == UsageRecord.Outcome.CLIENT_GONE
+    assert not row.usage_estimated
+    assert (row.input_tokens, row.output_tokens) == (full["prompt_tokens"], full["completion_tokens"])
+
+
+def test_client_leaving_is_estimated_when_the_drain_time_is_up(
+    rf: RequestFactory, key: CreatedKey, catalog: Catalog, settings: Any
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "DISCONNECT_DRAIN_SECONDS": 0}
+    _leave_after_three_chunks(rf, key, "req-client-leaves", "I will leave early")
     row = UsageRecord.objects.get()
     assert row.outcome == UsageRecord.Outcome.CLIENT_GONE
     assert row.usage_estimated

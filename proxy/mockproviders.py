@@ -1,0 +1,207 @@
+"""Loopback upstreams that speak Anthropic's and Gemini's own wire formats.
+
+    python -m proxy.mockupstream --kind anthropic|gemini [--fixtures DIR] [--api-key K]
+
+They answer from fixture files built from the providers' documented examples
+(``tests/fixtures/<kind>/``), byte for byte, and record every request they receive so a
+test can assert exactly what an adapter sent: ``GET /_debug/requests`` lists them (method,
+path, query, the auth headers, the JSON body) and ``DELETE /_debug/requests`` forgets them.
+
+Behaviour is chosen by the model name in the request, as for the OpenAI mock:
+``mock-error-<status>`` answers that status with the provider's error body;
+``mock-garbage`` answers 200 with a body that is not JSON; ``mock-cut`` breaks the stream
+off before its last event (after at most three); ``mock-stream-error`` sends the
+provider's in-stream error event; ``mock-slow`` paces a stream at 50 ms per event.
+Otherwise a request with ``tools`` gets the tool-call fixture, and any other the text
+fixture. Kept free of Django.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+StartResponse = Callable[..., Any]
+SLOW_DELAY = 0.05
+
+
+class CutStream(Exception):
+    """Raised inside a streamed body to drop the connection mid-response."""
+
+
+def respond_json(
+    start_response: StartResponse, status: int, body: Any, headers: list[tuple[str, str]] | None = None
+) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(
+        f"{status} X", [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *(headers or [])]
+    )
+    return [data]
+
+
+def sse_events(text: str) -> list[str]:
+    """A fixture's events, each with its blank-line terminator, as sent on the wire."""
+    sep = "\r\n\r\n" if "\r\n\r\n" in text else "\n\n"
+    return [event + sep for event in text.split(sep) if event.strip()]
+
+
+class Recorder:
+    """Keeps the requests received, for ``/_debug/requests``."""
+
+    AUTH_HEADERS = ("authorization", "x-api-key", "anthropic-version", "x-goog-api-key")
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    def record(self, environ: dict[str, Any], body: Any) -> None:
+        headers = {
+            name: environ[f"HTTP_{name.upper().replace('-', '_')}"]
+            for name in self.AUTH_HEADERS
+            if f"HTTP_{name.upper().replace('-', '_')}" in environ
+        }
+        self.requests.append(
+            {
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "query": environ.get("QUERY_STRING", ""),
+                "headers": headers,
+                "body": body,
+            }
+        )
+        del self.requests[:-100]
+
+    def debug(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
+        if environ.get("PATH_INFO") != "/_debug/requests":
+            return None
+        if environ.get("REQUEST_METHOD") == "DELETE":
+            self.requests.clear()
+        return respond_json(start_response, 200, self.requests)
+
+
+def read_json(environ: dict[str, Any]) -> Any:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    try:
+        return json.loads(environ["wsgi.input"].read(length) or b"null")
+    except ValueError:
+        return None
+
+
+class FixtureUpstream:
+    """Shared plumbing; subclasses know their provider's paths, auth and fixtures."""
+
+    kind = ""
+
+    def __init__(self, fixtures: Path, *, api_key: str = "") -> None:
+        self.fixtures = fixtures
+        self.api_key = api_key
+        self.recorder = Recorder()
+        self.errors: dict[str, Any] = json.loads((fixtures / "errors.json").read_text())
+
+    def fixture(self, name: str) -> str:
+        return (self.fixtures / name).read_text()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/health":
+            return respond_json(start_response, 200, {"status": "ok"})
+        debug = self.recorder.debug(environ, start_response)
+        if debug is not None:
+            return debug
+        body = read_json(environ)
+        self.recorder.record(environ, body)
+        return self.handle(environ, start_response, body)
+
+    def handle(self, environ: dict[str, Any], start_response: StartResponse, body: Any) -> Iterable[bytes]:
+        raise NotImplementedError
+
+    def garbage(self, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"<html>definitely not json"]
+
+    def error(self, start_response: StartResponse, status: int) -> list[bytes]:
+        body = self.errors[str(status)]
+        # Anthropic sends Retry-After on a 429; Google puts a RetryInfo in the body instead.
+        headers = [("Retry-After", "7")] if status == 429 and self.kind == "anthropic" else []
+        return respond_json(start_response, self.wire_status(status, body), body, headers)
+
+    def wire_status(self, status: int, body: Any) -> int:
+        return status
+
+    def stream(self, events: list[str], *, cut: bool = False, slow: bool = False) -> Iterator[bytes]:
+        cut_at = min(3, len(events) - 1)  # always before the last event
+        for index, event in enumerate(events):
+            if cut and index == cut_at:
+                raise CutStream("mock-cut: dropping the connection mid-stream")
+            if slow:
+                time.sleep(SLOW_DELAY)
+            yield event.encode()
+
+
+class AnthropicUpstream(FixtureUpstream):
+    """``POST /v1/messages`` as Anthropic answers it."""
+
+    kind = "anthropic"
+
+    def handle(self, environ: dict[str, Any], start_response: StartResponse, body: Any) -> Iterable[bytes]:
+        if self.api_key and environ.get("HTTP_X_API_KEY") != self.api_key:
+            return self.error(start_response, 401)
+        if environ.get("PATH_INFO") != "/v1/messages" or environ.get("REQUEST_METHOD") != "POST":
+            return self.error(start_response, 404)
+        if not isinstance(body, dict) or not body.get("max_tokens") or not isinstance(body.get("messages"), list):
+            return self.error(start_response, 400)
+        model = str(body.get("model", ""))
+        if model.startswith("mock-error-"):
+            return self.error(start_response, int(model.rsplit("-", 1)[1]))
+        if model == "mock-garbage":
+            return self.garbage(start_response)
+        name = "tool_use" if body.get("tools") else "message"
+        if not body.get("stream"):
+            return respond_json(start_response, 200, json.loads(self.fixture(f"{name}.json")))
+        events = sse_events(self.fixture(f"{name}_stream.sse"))
+        if model == "mock-stream-error":
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            events = [*events[:4], f"event: error\ndata: {json.dumps(error)}\n\n"]
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
+        return self.stream(events, cut=model == "mock-cut", slow=model == "mock-slow")
+
+
+class GeminiUpstream(FixtureUpstream):
+    """``/v1beta/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse`` and
+    ``:batchEmbedContents`` as Google answers them."""
+
+    kind = "gemini"
+
+    def wire_status(self, status: int, body: Any) -> int:
+        return int(body["error"]["code"])  # a bad key is a 400 with reason API_KEY_INVALID
+
+    def handle(self, environ: dict[str, Any], start_response: StartResponse, body: Any) -> Iterable[bytes]:
+        if self.api_key and environ.get("HTTP_X_GOOG_API_KEY") != self.api_key:
+            return self.error(start_response, 401)
+        path = environ.get("PATH_INFO", "")
+        prefix = "/v1beta/models/"
+        if not path.startswith(prefix) or ":" not in path or environ.get("REQUEST_METHOD") != "POST":
+            return self.error(start_response, 404)
+        model, method = path[len(prefix) :].rsplit(":", 1)
+        if not isinstance(body, dict):
+            return self.error(start_response, 400)
+        if model.startswith("mock-error-"):
+            return self.error(start_response, int(model.rsplit("-", 1)[1]))
+        if model == "mock-garbage":
+            return self.garbage(start_response)
+        if method == "batchEmbedContents":
+            values = json.loads(self.fixture("embeddings.json"))["embeddings"][0]["values"]
+            return respond_json(start_response, 200, {"embeddings": [{"values": values} for _ in body["requests"]]})
+        if not isinstance(body.get("contents"), list):
+            return self.error(start_response, 400)
+        name = "function_call" if body.get("tools") else "generate_content"
+        if method == "generateContent":
+            return respond_json(start_response, 200, json.loads(self.fixture(f"{name}.json")))
+        if method != "streamGenerateContent" or environ.get("QUERY_STRING") != "alt=sse":
+            return self.error(start_response, 404)
+        events = sse_events(self.fixture("function_call_stream.sse" if body.get("tools") else "stream.sse"))
+        if model == "mock-stream-error":
+            events = [events[0], f"data: {json.dumps(self.errors['503'])}\r\n\r\n"]
+        start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
+        return self.stream(events, cut=model == "mock-cut", slow=model == "mock-slow")
