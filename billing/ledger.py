@@ -28,6 +28,9 @@ class UsageEntry:
     streamed: bool
     outcome: str
     latency_ms: int
+    attempts: int = 1
+    requested_model: str = ""
+    cache_hit: bool = False
 
 
 def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
@@ -58,6 +61,9 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
         streamed=entry.streamed,
         outcome=entry.outcome,
         latency_ms=entry.latency_ms,
+        attempts=entry.attempts,
+        requested_model=entry.requested_model,
+        cache_hit=entry.cache_hit,
     )
     return cost, _insert_once(row)
 

@@ -131,6 +131,13 @@ class UsageRecord(models.Model):
     streamed = models.BooleanField(default=False)
     outcome = models.CharField(max_length=24, choices=Outcome.choices, default=Outcome.COMPLETED)
     latency_ms = models.PositiveIntegerField()
+    # How the call was served (proxy routing): upstream attempts (0 for a cache hit), the
+    # model the client asked for when a fallback model served it, and response-cache hits.
+    attempts = models.PositiveSmallIntegerField(default=1, help_text="Upstream attempts; 0 = served from cache")
+    requested_model = models.CharField(
+        max_length=200, blank=True, help_text="The model asked for, when another (a fallback) served it"
+    )
+    cache_hit = models.BooleanField(default=False, help_text="Served from Tollway's response cache")
 
     class Meta:
         ordering = ["-created_at"]

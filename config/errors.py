@@ -54,6 +54,11 @@ class TollwayError(Exception):
     status: int = 500
     type: str = "server_error"
     default_code: ErrorCode = ErrorCode.SERVER_ERROR
+    # Set by the upstream adapters, for the proxy's retries: whether another attempt may
+    # succeed, the provider's HTTP status, and its own Retry-After in seconds.
+    retryable: bool = False
+    upstream_status: int | None = None
+    retry_after: float | None = None
 
     def __init__(
         self,

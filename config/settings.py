@@ -128,6 +128,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "flush-key-last-used": {"task": "tenants.flush_last_used", "schedule": 60.0},
     "sweep-reservations": {"task": "billing.sweep_reservations", "schedule": 60.0},
+    "check-deployments": {
+        "task": "proxy.check_deployments",
+        "schedule": env.float("TOLLWAY_HEALTH_CHECK_SECONDS", 60.0),
+    },
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -203,6 +207,27 @@ TOLLWAY: dict[str, Any] = {
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),
+    # Retries before the first byte (proxy.attempts): at most this many upstream attempts
+    # per client request, all within this many seconds; full-jitter exponential backoff
+    # from the base, capped; an upstream Retry-After is waited, up to its cap.
+    "RETRY_MAX_ATTEMPTS": env.int("TOLLWAY_RETRY_MAX_ATTEMPTS", 3),
+    "RETRY_BUDGET_SECONDS": env.float("TOLLWAY_RETRY_BUDGET_SECONDS", 30.0),
+    "RETRY_BACKOFF_BASE_SECONDS": env.float("TOLLWAY_RETRY_BACKOFF_BASE_SECONDS", 0.25),
+    "RETRY_BACKOFF_MAX_SECONDS": env.float("TOLLWAY_RETRY_BACKOFF_MAX_SECONDS", 4.0),
+    "RETRY_AFTER_MAX_SECONDS": env.float("TOLLWAY_RETRY_AFTER_MAX_SECONDS", 10.0),
+    # Circuit breaker (proxy.circuit): this many consecutive failures eject a deployment
+    # for the base time multiplied by its ejection count (up to the max); then one probe.
+    "CIRCUIT_FAILURES": env.int("TOLLWAY_CIRCUIT_FAILURES", 5),
+    "CIRCUIT_EJECT_SECONDS": env.float("TOLLWAY_CIRCUIT_EJECT_SECONDS", 30.0),
+    "CIRCUIT_EJECT_MAX_SECONDS": env.float("TOLLWAY_CIRCUIT_EJECT_MAX_SECONDS", 600.0),
+    # Response cache (proxy.respcache): seconds an answer is kept, and the share of its
+    # price a hit is billed at (0 = free). Per tenant this belongs on the billing Plan.
+    "RESPONSE_CACHE_SECONDS": env.int("TOLLWAY_RESPONSE_CACHE_SECONDS", 3600),
+    "CACHE_HIT_PRICE_FACTOR": env.str("TOLLWAY_CACHE_HIT_PRICE_FACTOR", "0"),
+    # Active health checks (proxy.tasks.check_deployments): the beat interval, and the
+    # timeout of each check request.
+    "HEALTH_CHECK_SECONDS": env.float("TOLLWAY_HEALTH_CHECK_SECONDS", 60.0),
+    "HEALTH_CHECK_TIMEOUT": env.float("TOLLWAY_HEALTH_CHECK_TIMEOUT", 10.0),
 }
 
 # --- Logging ---------------------------------------------------------------------------

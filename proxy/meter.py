@@ -37,6 +37,8 @@ class Call:
     created_at: datetime = field(default_factory=timezone.now)
     cost: Decimal | None = None
     admission: Admission | None = None
+    attempts: int = 1  # upstream attempts so far; 0 when served from the response cache
+    cache_hit: bool = False
 
     @property
     def metered(self) -> bool:
@@ -79,6 +81,10 @@ def record(
             streamed=call.chat.stream,
             outcome=outcome,
             latency_ms=int((time.monotonic() - call.started) * 1000),
+            attempts=call.attempts,
+            # A fallback model serves at its own price; the row also says what was asked for.
+            requested_model=call.chat.model if call.chat.model != call.route.entry.name else "",
+            cache_hit=call.cache_hit,
         )
     )
     call.cost = cost

@@ -13,7 +13,11 @@ Faults are chosen by the upstream model name, so a deployment can point at one:
 * ``mock-cut``: a stream that breaks off after a few chunks, with no usage and no [DONE];
 * ``mock-no-usage``: a stream that never sends the usage chunk;
 * ``mock-slow``: a stream paced at 50 ms per chunk (to leave in the middle of);
-* ``mock-hang``: waits a second before answering (to trip a first-byte timeout).
+* ``mock-hang``: waits a second before answering (to trip a first-byte timeout);
+* ``mock-flaky-<N>[-<tag>]``: the first N calls with that exact model name answer 503,
+  later ones succeed (a deployment that recovers; the tag keeps tests apart);
+* ``mock-stall``: a stream that sends its headers, then waits a second before its first
+  chunk (a failure before the first byte that is not a status).
 
 It serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``, and
 records what it received at ``/_debug/requests`` (see ``proxy.mockproviders``).
@@ -67,6 +71,7 @@ class MockUpstream:
         self.latency = latency
         self.chunk_delay = chunk_delay
         self.recorder = Recorder()
+        self.calls: dict[str, int] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -116,6 +121,9 @@ class MockUpstream:
             time.sleep(self.latency)
         if model == "mock-hang":
             time.sleep(1.0)
+        self.calls[model] = self.calls.get(model, 0) + 1
+        if model.startswith("mock-flaky-") and self.calls[model] <= int(model.split("-")[2]):
+            return _error(start_response, 503, f"Mock flaky failure {self.calls[model]}.", type_="server_error")
         if model.startswith("mock-error-"):
             status = int(model.rsplit("-", 1)[1])
             return _error(
@@ -141,6 +149,8 @@ class MockUpstream:
         yield b"data: [DONE]\n\n"
 
     def stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
+        if model == "mock-stall":
+            time.sleep(1.0)
         with_usage = False if model == "mock-no-usage" else None
         for index, chunk in enumerate(
             mockgen.chunks(body, model=model, chunk_delay=self._delay(model), with_usage=with_usage)

@@ -79,3 +79,45 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} → {self.provider}/{self.upstream_model}"
+
+
+class Fallback(models.Model):
+    """A model to serve instead when every deployment of ``model`` has failed or is ejected.
+
+    It lives in the proxy because it is about delivery, not about what is sold: the
+    fallback is billed as itself, at its own price, and the ledger notes the model asked for.
+    """
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="fallbacks")
+    fallback = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField(default=0, help_text="Lower is tried first")
+
+    class Meta:
+        ordering = ["model", "position", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "fallback"], name="fallback_unique"),
+            models.CheckConstraint(condition=~models.Q(model=models.F("fallback")), name="fallback_not_itself"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} → {self.fallback}"
+
+
+class DeploymentHealth(models.Model):
+    """The latest active health check of a deployment (``proxy.tasks.check_deployments``).
+
+    The circuit breaker's live state is in Redis; this is what the beat task last saw.
+    """
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.CASCADE, related_name="health")
+    checked_at = models.DateTimeField()
+    ok = models.BooleanField()
+    status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status, or empty")
+    latency_ms = models.PositiveIntegerField()
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deployment health"
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {'ok' if self.ok else 'failing'}"

@@ -7,6 +7,7 @@ query, and its cost does not grow with the number of models or prices.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from billing.pricing import PriceSnapshot, price_at
 from billing.selectors import price_snapshots
 from config.cache import TieredCache
 from config.errors import ErrorCode, NotFound, UpstreamError
-from proxy.models import Deployment, Provider
+from proxy.models import Deployment, Fallback, Provider
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class RouteEntry:
     max_output_tokens: int | None
     prices: tuple[PriceSnapshot, ...]
     targets: tuple[Target, ...]
+    fallbacks: tuple[str, ...] = ()  # model names to serve instead, in order (proxy.Fallback)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ def _load_route(name: str) -> RouteEntry | None:
             )
             for d in deployments
         ),
+        fallbacks=tuple(
+            Fallback.objects.filter(model=model, fallback__is_active=True)
+            .order_by("position", "pk")
+            .values_list("fallback__name", flat=True)
+        ),
     )
 
 
@@ -140,6 +147,18 @@ class Route:
 
 def resolve(model_name: str, *, rng: random.Random | None = None) -> Route:
     """The price in effect now and one deployment to call, or an OpenAI-shaped error."""
+    entry, price = priced(model_name)
+    if not entry.targets:
+        raise UpstreamError(
+            f"The model `{model_name}` has no active deployment right now.",
+            code=ErrorCode.NO_DEPLOYMENT,
+            status=503,
+        )
+    return Route(entry=entry, price=price, target=pick_target(entry.targets, rng=rng))
+
+
+def priced(model_name: str) -> tuple[RouteEntry, PriceSnapshot]:
+    """The model's route entry and the price in effect now, or an OpenAI-shaped 404."""
     entry = routes.get(model_name)
     if entry is None:
         raise NotFound(
@@ -155,13 +174,22 @@ def resolve(model_name: str, *, rng: random.Random | None = None) -> Route:
             param="model",
             code=ErrorCode.MODEL_NOT_FOUND,
         )
-    if not entry.targets:
-        raise UpstreamError(
-            f"The model `{model_name}` has no active deployment right now.",
-            code=ErrorCode.NO_DEPLOYMENT,
-            status=503,
-        )
-    return Route(entry=entry, price=price, target=pick_target(entry.targets, rng=rng))
+    return entry, price
+
+
+def plan(model_name: str, *, allows: Callable[[str], bool]) -> list[tuple[RouteEntry, PriceSnapshot]]:
+    """The model, then its fallback models that the caller may use and that have a price,
+    in the order to try them. Each is billed as itself, at its own price."""
+    entry, price = priced(model_name)
+    steps = [(entry, price)]
+    for name in entry.fallbacks:
+        if not allows(name):
+            continue
+        try:
+            steps.append(priced(name))
+        except NotFound:
+            continue  # a fallback that cannot be priced is never served
+    return steps
 
 
 def pick_target(targets: tuple[Target, ...], *, rng: random.Random | None = None) -> Target:

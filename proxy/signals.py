@@ -9,10 +9,10 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from billing.models import Model, Price
-from proxy.models import Deployment, Provider
+from proxy.models import Deployment, Fallback, Provider
 from proxy.route import catalog_invalidate, routes
 
-_CATALOG = (Model, Price, Deployment, Provider)
+_CATALOG = (Model, Price, Deployment, Provider, Fallback)
 
 
 def _changed(sender: Any, **kwargs: Any) -> None:

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
-from proxy import adapters, admit, auth, meter, parse, relay, route
+from proxy import adapters, admit, attempts, auth, meter, parse, relay, route
 from proxy.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -50,34 +50,50 @@ def api_view(*methods: str) -> Callable[[View], View]:
 Answer = Callable[[meter.Call, adapters.Adapter, dict[str, Any]], HttpResponseBase]
 
 
+PROVIDER_HEADER = "x-tollway-provider"
+ATTEMPTS_HEADER = "x-tollway-attempts"
+
+
 def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
-    """Stages 2 to 7 for a parsed request; ``answer`` calls the adapter and relays."""
+    """Stages 2 to 7 for a parsed request; ``answer`` calls the adapter and relays.
+
+    Every attempt (``proxy.attempts``) runs under the one admission: a failure before
+    anything billable releases it once, and the call that answers writes the one ledger row.
+    """
     principal = auth.authenticate(request)
     auth.require_model(principal, chat.model)
-    chosen = route.resolve(chat.model)
-    adapter = adapters.for_kind(chosen.target.kind)
-    call = meter.Call(request_id=request.request_id, principal=principal, route=chosen, chat=chat)  # type: ignore[attr-defined]
+    picker = attempts.Picker(route.plan(chat.model, allows=principal.allows_model))
+    first = picker.next()
+    if first is None:
+        raise picker.unavailable()
+    call = meter.Call(request_id=request.request_id, principal=principal, route=first, chat=chat)  # type: ignore[attr-defined]
     admission = admit.admit(call)
-    body = chat.upstream_body(chosen.target.upstream_model)
+
+    def attempt(call: meter.Call) -> HttpResponseBase:
+        target = call.route.target
+        return answer(call, adapters.for_kind(target.kind), chat.upstream_body(target.upstream_model))
+
     try:
-        response = answer(call, adapter, body)
+        response = attempts.run(call, picker, attempt)
     except BaseException:
         meter.release(call)  # nothing billable happened: the reservation goes back
         raise
     for name, value in admission.headers.items():
         response[name] = value
+    response[PROVIDER_HEADER] = call.route.target.provider_name
+    response[ATTEMPTS_HEADER] = str(call.attempts)
     return response
 
 
 def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
-        return relay.stream_response(call, adapter.stream(call.route.target, body))
+        return relay.stream_response(call, attempts.primed(adapter.stream(call.route.target, body)))
     return relay.json_response(call, adapter.complete(call.route.target, body))
 
 
 def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
-        return relay.stream_response(call, adapter.text_stream(call.route.target, body))
+        return relay.stream_response(call, attempts.primed(adapter.text_stream(call.route.target, body)))
     return relay.json_response(call, adapter.text_complete(call.route.target, body))
 
 

@@ -9,6 +9,7 @@ carries it with ``choices: []``, whatever the provider's own format.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import time
@@ -212,8 +213,39 @@ def _retry_delay(content: bytes) -> str:
         return ""
 
 
+# Answers worth another attempt (on another deployment): the provider is busy, overloaded,
+# conflicted or broken, not the request. 400, 401, 403, 404 and 422 never are.
+RETRY_STATUSES = frozenset({408, 409, 429, 529})
+
+
+def parse_retry_after(value: str) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date; None if unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def error_for_status(target: Target, status: int, content: bytes, headers: Mapping[str, str]) -> TollwayError:
-    """Map a provider's non-200 answer to what the client should see."""
+    """Map a provider's non-200 answer to what the client should see, noting for the
+    proxy's retries whether another attempt could help and when the provider said to retry."""
+    error = _error_for_status(target, status, content, headers)
+    error.upstream_status = status
+    error.retryable = status in RETRY_STATUSES or status >= 500
+    error.retry_after = parse_retry_after(headers.get("retry-after") or _retry_delay(content))
+    return error
+
+
+def _error_for_status(target: Target, status: int, content: bytes, headers: Mapping[str, str]) -> TollwayError:
     message = upstream_message(content)
     log.warning("upstream %s answered %s: %s", target.provider_name, status, message or content[:200])
     retry_after = headers.get("retry-after") or _retry_delay(content)
@@ -253,8 +285,13 @@ def error_for_status(target: Target, status: int, content: bytes, headers: Mappi
 def transport_error(target: Target, exc: httpx.HTTPError, when: str) -> UpstreamError:
     log.warning("upstream %s %s: %r", target.provider_name, when, exc)
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamError(f"The upstream provider timed out {when}.", code=ErrorCode.UPSTREAM_TIMEOUT, status=504)
-    return UpstreamError(f"The upstream provider could not be reached {when}.")
+        error = UpstreamError(f"The upstream provider timed out {when}.", code=ErrorCode.UPSTREAM_TIMEOUT, status=504)
+    else:
+        error = UpstreamError(f"The upstream provider could not be reached {when}.")
+    # Connect errors, timeouts and resets: retryable while nothing has reached the client
+    # (proxy.attempts decides that; the relay never retries).
+    error.retryable = True
+    return error
 
 
 def secret(target: Target) -> str:
