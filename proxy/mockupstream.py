@@ -150,6 +150,7 @@ class MockUpstream:
 
     def stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
         if model == "mock-stall":
+            yield b": stalling\n\n"  # an SSE comment, so the headers go out now
             time.sleep(1.0)
         with_usage = False if model == "mock-no-usage" else None
         for index, chunk in enumerate(

@@ -21,6 +21,7 @@ from django.test import Client
 
 from billing import admission
 from billing.models import Model, Price
+from proxy import circuit
 from proxy.models import Deployment, Provider
 from proxy.route import listings, routes
 from tenants import activity, services
@@ -124,6 +125,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     cache.clear()
     activity.forget_local()
     monkeypatch.setattr(admission, "_redis_down_until", 0.0)
+    monkeypatch.setattr(circuit, "_redis_down_until", 0.0)
     for tier in (principals, routes, listings):
         tier.clear_local()
     yield

@@ -1,0 +1,256 @@
+"""Routing and resilience against a fault-injecting loopback upstream: failover before the
+first byte, no retry after it, exclusion of tried deployments, Retry-After, fallback
+models, the circuit breaker, and one ledger row per client request."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.conf import LazySettings
+from redis.exceptions import RedisError
+
+from billing.models import Model, Price, UsageRecord
+from proxy import circuit
+from proxy.models import Deployment, Fallback, Provider
+from tests.conftest import UPSTREAM_KEY_ENV, Api, Catalog, Upstream, free_port, sse_events, user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(settings: LazySettings) -> None:
+    settings.TOLLWAY = {
+        **settings.TOLLWAY,
+        "RETRY_MAX_ATTEMPTS": 3,
+        "RETRY_BACKOFF_BASE_SECONDS": 0.001,
+        "RETRY_BACKOFF_MAX_SECONDS": 0.01,
+        "RETRY_AFTER_MAX_SECONDS": 2.0,
+        "CIRCUIT_FAILURES": 3,
+        "CIRCUIT_EJECT_SECONDS": 0.3,
+    }
+
+
+def provider(name: str, base_url: str, **fields: Any) -> Provider:
+    return Provider.objects.create(
+        name=name, kind=Provider.Kind.OPENAI, base_url=base_url, api_key_env=UPSTREAM_KEY_ENV, **fields
+    )
+
+
+def model(name: str, *deployments: tuple[Provider, str, int], prices: tuple[str, str] = ("1", "2")) -> Model:
+    """A priced model with (provider, upstream model, priority) deployments."""
+    m = Model.objects.create(name=name)
+    Price.objects.create(model=m, input_per_mtok=Decimal(prices[0]), output_per_mtok=Decimal(prices[1]))
+    for prov, upstream_model, priority in deployments:
+        Deployment.objects.create(model=m, provider=prov, upstream_model=upstream_model, priority=priority)
+    return m
+
+
+def seen(upstream: Upstream) -> list[str]:
+    """The upstream model of each request the loopback upstream received, in order."""
+    return [r["body"]["model"] for r in upstream.received() if r["method"] == "POST"]
+
+
+@pytest.fixture
+def loop(mock_upstream: Upstream) -> Provider:
+    mock_upstream.forget()
+    return provider("loop", mock_upstream.base_url)
+
+
+def test_a_failure_before_the_first_byte_fails_over_unnoticed_and_bills_once(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+) -> None:
+    # given a model whose first-choice deployment answers 503
+    backup = provider("backup", mock_upstream.base_url)
+    model("m", (loop, "mock-error-503", 0), (backup, "healthy-b", 1))
+    # when a client asks once
+    response = api.chat({"model": "m", "messages": user("hi")})
+    # then it gets the backup's answer, as if nothing happened
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+    assert response["x-tollway-provider"] == "backup"
+    assert response["x-tollway-attempts"] == "2"
+    assert seen(mock_upstream) == ["mock-error-503", "healthy-b"]
+    row = UsageRecord.objects.get()
+    assert (row.provider, row.upstream_model, row.attempts, row.requested_model) == ("backup", "healthy-b", 2, "")
+
+
+def test_connect_refused_and_a_stalled_stream_fail_over(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+) -> None:
+    dead = provider("dead", f"http://127.0.0.1:{free_port()}/v1", connect_timeout=0.2)
+    stall = provider("stall", mock_upstream.base_url, idle_timeout=0.2)
+    model("s", (dead, "nobody-home", 0), (stall, "mock-stall", 1), (loop, "healthy", 2))
+    events = sse_events(api.chat({"model": "s", "messages": user("hi"), "stream": True}))
+    # the stall sent its headers but no chunk before its idle limit: nothing reached the client yet
+    assert events[-1] == "[DONE]"
+    assert not any(isinstance(e, dict) and "error" in e for e in events)
+    assert seen(mock_upstream) == ["mock-stall", "healthy"]
+    row = UsageRecord.objects.get()
+    assert (row.provider, row.attempts, row.outcome) == ("loop", 3, "completed")
+
+
+def test_no_retry_after_the_first_byte(api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider) -> None:
+    backup = provider("backup", mock_upstream.base_url)
+    model("c", (loop, "mock-cut", 0), (backup, "healthy-b", 1))
+    response = api.chat({"model": "c", "messages": user("hi"), "stream": True})
+    assert response["x-tollway-attempts"] == "1"
+    events = sse_events(response)
+    # the cut after some chunks is an SSE error event, never a silent end or a second call
+    assert events[0]["choices"]
+    assert "error" in events[-1] and "[DONE]" not in events
+    assert seen(mock_upstream) == ["mock-cut"]
+    row = UsageRecord.objects.get()
+    assert (row.outcome, row.attempts) == ("upstream_error", 1)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_and_credential_errors_are_not_retried(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, status: int
+) -> None:
+    backup = provider("backup", mock_upstream.base_url)
+    model("x", (loop, f"mock-error-{status}", 0), (backup, "healthy-b", 1))
+    response = api.chat({"model": "x", "messages": user("hi")})
+    assert response.status_code >= 400 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert response["x-tollway-attempts"] == "1"
+    assert seen(mock_upstream) == [f"mock-error-{status}"]
+    assert not UsageRecord.objects.exists()
+
+
+def test_each_deployment_is_tried_at_most_once_and_the_last_error_is_returned(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, settings: LazySettings
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "RETRY_MAX_ATTEMPTS": 10}
+    other = provider("other", mock_upstream.base_url)
+    model("two", (loop, "mock-error-500", 0), (other, "mock-error-529", 0))
+    response = api.chat({"model": "two", "messages": user("hi")})
+    assert response.status_code in (502, 503)
+    assert response.json()["error"]["type"] == "upstream_error"
+    assert response["x-tollway-attempts"] == "2"
+    assert sorted(seen(mock_upstream)) == ["mock-error-500", "mock-error-529"]
+    assert not UsageRecord.objects.exists()
+
+
+def test_the_attempt_budget_caps_retries(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, settings: LazySettings
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "RETRY_MAX_ATTEMPTS": 2}
+    a, b = provider("a", mock_upstream.base_url), provider("b", mock_upstream.base_url)
+    model("three", (loop, "mock-error-502", 0), (a, "mock-error-502", 1), (b, "healthy", 2))
+    response = api.chat({"model": "three", "messages": user("hi")})
+    assert response.status_code == 502 and response["x-tollway-attempts"] == "2"
+    assert len(seen(mock_upstream)) == 2
+
+
+def test_retry_after_is_waited_and_capped(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, settings: LazySettings
+) -> None:
+    # mock-error-429 answers with Retry-After: 1
+    backup = provider("backup", mock_upstream.base_url)
+    model("r", (loop, "mock-error-429", 0), (backup, "healthy-b", 1))
+    started = time.monotonic()
+    assert api.chat({"model": "r", "messages": user("hi")}).status_code == 200
+    assert time.monotonic() - started >= 1.0
+    settings.TOLLWAY = {**settings.TOLLWAY, "RETRY_AFTER_MAX_SECONDS": 0.1}
+    started = time.monotonic()
+    response = api.chat({"model": "r", "messages": user("hi")})
+    assert response.status_code == 200 and response["x-tollway-attempts"] == "2"
+    assert time.monotonic() - started < 0.9
+    assert UsageRecord.objects.count() == 2
+
+
+def test_a_fallback_model_serves_at_its_own_price_and_the_row_names_the_model_asked_for(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+) -> None:
+    primary = model("gpt-x", (loop, "mock-error-503", 0), prices=("8", "32"))
+    backup = model("claude-x", (loop, "healthy-claude", 0), prices=("15", "75"))
+    Fallback.objects.create(model=primary, fallback=backup)
+    response = api.chat({"model": "gpt-x", "messages": user("hi")})
+    assert response.status_code == 200
+    assert response.json()["model"] == "claude-x"
+    assert response["x-tollway-attempts"] == "2"
+    row = UsageRecord.objects.get()
+    assert (row.model_id, row.requested_model, row.input_price_per_mtok) == (backup.pk, "gpt-x", Decimal("15"))
+
+
+def test_a_fallback_the_key_may_not_use_is_skipped(
+    client: Any, catalog: Catalog, mock_upstream: Upstream, loop: Provider, tenant: Any, make_key: Any
+) -> None:
+    primary = model("gpt-x", (loop, "mock-error-503", 0))
+    Fallback.objects.create(model=primary, fallback=model("claude-x", (loop, "healthy", 0)))
+    limited = Api(client, make_key(tenant, allowed_models=["gpt-*"]).plaintext)
+    response = limited.chat({"model": "gpt-x", "messages": user("hi")})
+    assert response.status_code == 503
+    assert seen(mock_upstream) == ["mock-error-503"]
+
+
+def test_circuit_opens_after_n_failures_and_closes_after_a_healthy_probe(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+) -> None:
+    # given a first-choice deployment that fails its first 3 calls, then recovers
+    backup = provider("backup", mock_upstream.base_url)
+    m = model("cb", (loop, "mock-flaky-3-cb", 0), (backup, "healthy-b", 1))
+    flaky = Deployment.objects.get(model=m, provider=loop)
+    body = {"model": "cb", "messages": user("hi")}
+    for _ in range(3):  # each fails over, unnoticed
+        assert api.chat(body)["x-tollway-attempts"] == "2"
+    assert circuit.describe(flaky.pk).startswith("OPEN")
+    # while open, it is skipped: no call reaches it
+    mock_upstream.forget()
+    response = api.chat(body)
+    assert (response["x-tollway-provider"], response["x-tollway-attempts"]) == ("backup", "1")
+    assert seen(mock_upstream) == ["healthy-b"]
+    # after the ejection time, one probe goes through; it succeeds and closes the circuit
+    time.sleep(0.35)
+    assert circuit.describe(flaky.pk).startswith("HALF-OPEN")
+    response = api.chat(body)
+    assert (response["x-tollway-provider"], response["x-tollway-attempts"]) == ("loop", "1")
+    assert circuit.describe(flaky.pk).startswith("closed")
+    assert api.chat(body)["x-tollway-provider"] == "loop"
+    assert UsageRecord.objects.count() == 6  # one row per client request, whatever the attempts
+
+
+def test_ejection_grows_with_each_ejection_and_a_failed_probe_ejects_again(settings: LazySettings) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "CIRCUIT_FAILURES": 2, "CIRCUIT_EJECT_SECONDS": 10.0}
+    now = 1_000_000.0
+    circuit.clock = lambda: now
+    try:
+        assert circuit.record_failure(7, status=503, latency_ms=5) == "closed"  # one transient error is not enough
+        assert circuit.record_failure(7, status=503, latency_ms=5) == "opened"
+        assert circuit.states([7])[7].open_until == now + 10
+        now += 11  # half-open: a failed probe ejects again at once, for twice as long
+        assert circuit.states([7])[7].half_open(now)
+        assert circuit.record_failure(7, status=503, latency_ms=5) == "opened"
+        assert circuit.states([7])[7].open_until == now + 20
+    finally:
+        circuit.clock = time.time
+
+
+def test_half_open_lets_exactly_one_probe_through() -> None:
+    assert circuit.acquire_probe(42) is True
+    assert [circuit.acquire_probe(42) for _ in range(5)] == [False] * 5
+
+
+def test_circuits_read_closed_when_redis_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> Any:
+        raise RedisError("down")
+
+    monkeypatch.setattr(circuit, "_redis", broken)
+    monkeypatch.setattr(circuit, "_redis_down_until", 0.0)
+    assert circuit.states([1, 2]) == {1: circuit.CLOSED, 2: circuit.CLOSED}
+    assert circuit.record_failure(1, status=503, latency_ms=1) == "closed"
+
+
+def test_every_deployment_ejected_answers_503_with_retry_after(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, settings: LazySettings
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "CIRCUIT_FAILURES": 1, "CIRCUIT_EJECT_SECONDS": 30.0}
+    model("down", (loop, "mock-error-500", 0))
+    assert api.chat({"model": "down", "messages": user("hi")}).status_code == 502
+    response = api.chat({"model": "down", "messages": user("hi")})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_available_deployment"
+    assert 1 <= int(response["Retry-After"]) <= 31
+    assert seen(mock_upstream) == ["mock-error-500"]
