@@ -39,6 +39,7 @@ class Call:
     admission: Admission | None = None
     attempts: int = 1  # upstream attempts so far; 0 when served from the response cache
     cache_hit: bool = False
+    cache_key: str | None = None  # set when the response cache may keep this call's answer
 
     @property
     def metered(self) -> bool:

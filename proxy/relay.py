@@ -25,7 +25,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
 from config.errors import TollwayError, UpstreamError
-from proxy import meter
+from proxy import meter, respcache
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
 from proxy.parse import COMPLETIONS, EMBEDDINGS
@@ -118,10 +118,14 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
     model_name = call.route.entry.name
     chunks = iter(upstream)
     tally = _Tally(upstream)
+    # A streamed miss the response cache may keep, rebuilt as a plain answer.
+    collector = respcache.Collector() if call.cache_key and not call.cache_hit else None
     outcome = UsageRecord.Outcome.CLIENT_GONE  # until the stream ends otherwise
     try:
         try:
             for chunk in chunks:
+                if collector is not None:
+                    collector.take(chunk)
                 if tally.take(chunk):
                     continue  # the usage chunk: sent last, with its cost
                 chunk["model"] = model_name
@@ -141,6 +145,8 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
             return
         outcome = UsageRecord.Outcome.COMPLETED
         cost = _meter(call, tally, outcome)
+        if collector is not None and (answer := collector.body(call.chat.endpoint)) is not None:
+            respcache.store(call.cache_key, call.route, answer, tally.usage)
         if call.chat.include_usage:
             kind = "text_completion" if call.chat.endpoint == COMPLETIONS else "chat.completion.chunk"
             final = dict(tally.usage_chunk or {"id": "", "object": kind, "choices": []})

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
-from proxy import adapters, admit, attempts, auth, meter, parse, relay, route
+from proxy import adapters, admit, attempts, auth, meter, parse, relay, respcache, route
 from proxy.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,10 @@ def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpR
         target = call.route.target
         return answer(call, adapters.for_kind(target.kind), chat.upstream_body(target.upstream_model))
 
+    call.cache_key = respcache.key_for(chat, principal, respcache.mode(request, principal))
     try:
-        response = attempts.run(call, picker, attempt)
+        hit = respcache.lookup(call.cache_key) if call.cache_key else None
+        response = _from_cache(call, hit) if hit is not None else attempts.run(call, picker, attempt)
     except BaseException:
         meter.release(call)  # nothing billable happened: the reservation goes back
         raise
@@ -82,23 +84,39 @@ def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpR
         response[name] = value
     response[PROVIDER_HEADER] = call.route.target.provider_name
     response[ATTEMPTS_HEADER] = str(call.attempts)
+    if call.cache_key:
+        response[respcache.HEADER] = "HIT" if hit is not None else "MISS"
     return response
+
+
+def _from_cache(call: meter.Call, entry: dict[str, Any]) -> HttpResponseBase:
+    """A response-cache hit: no upstream attempt, billed at the hit price, one ledger row."""
+    call.route = respcache.hit_route(call.route, entry)
+    call.attempts, call.cache_hit = 0, True
+    if call.chat.stream:
+        return relay.stream_response(call, respcache.Replay(entry, call.chat.endpoint))
+    return relay.json_response(call, respcache.completion(entry))
+
+
+def _kept(call: meter.Call, completion: adapters.Completion) -> adapters.Completion:
+    respcache.store(call.cache_key, call.route, completion.body, completion.usage)
+    return completion
 
 
 def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
         return relay.stream_response(call, attempts.primed(adapter.stream(call.route.target, body)))
-    return relay.json_response(call, adapter.complete(call.route.target, body))
+    return relay.json_response(call, _kept(call, adapter.complete(call.route.target, body)))
 
 
 def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
         return relay.stream_response(call, attempts.primed(adapter.text_stream(call.route.target, body)))
-    return relay.json_response(call, adapter.text_complete(call.route.target, body))
+    return relay.json_response(call, _kept(call, adapter.text_complete(call.route.target, body)))
 
 
 def _embed(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
-    return relay.json_response(call, adapter.embed(call.route.target, body))
+    return relay.json_response(call, _kept(call, adapter.embed(call.route.target, body)))
 
 
 @api_view("POST")

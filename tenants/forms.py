@@ -54,4 +54,5 @@ class TenantAdminForm(forms.ModelForm):
             "rpm_limit",
             "tpm_limit",
             "max_concurrent",
+            "response_cache",
         ]

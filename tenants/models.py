@@ -86,6 +86,13 @@ class Tenant(models.Model):
     rpm_limit = rpm_field()
     tpm_limit = tpm_field()
     max_concurrent = concurrency_field()
+    response_cache = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=[("off", "Off"), ("deterministic", "Deterministic requests"), ("all", "All requests")],
+        help_text="Tollway's response cache for this tenant's keys: 'deterministic' serves repeats of requests "
+        "with temperature 0; 'all' any repeat. Empty or off: only when a request asks (x-tollway-cache).",
+    )
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -122,6 +129,12 @@ class ApiKey(models.Model):
     tpm_limit = tpm_field()
     max_concurrent = concurrency_field()
     monthly_budget_usd = budget_field("This key's cap per billing month, within the tenant's.")
+    response_cache = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=[("off", "Off"), ("deterministic", "Deterministic requests"), ("all", "All requests")],
+        help_text="The response cache for this key; empty follows the tenant.",
+    )
     created_at = models.DateTimeField(default=now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)

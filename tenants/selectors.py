@@ -42,6 +42,7 @@ class KeyPrincipal:
     tenant_max_concurrent: int | None
     tenant_monthly_budget_usd: Decimal | None
     tenant_timezone: str
+    response_cache: str = ""  # the key's response-cache mode, or else its tenant's ("" = off)
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -92,6 +93,7 @@ def key_principal_load(key_id: str) -> KeyPrincipal | None:
         tenant_max_concurrent=tenant.max_concurrent,
         tenant_monthly_budget_usd=tenant.monthly_budget_usd,
         tenant_timezone=tenant.timezone,
+        response_cache=key.response_cache or tenant.response_cache,
     )
 
 

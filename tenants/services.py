@@ -30,6 +30,7 @@ KEY_FIELDS = (
     "tpm_limit",
     "max_concurrent",
     "monthly_budget_usd",
+    "response_cache",
 )
 
 

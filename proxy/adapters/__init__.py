@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from config.errors import ErrorCode, UpstreamError
 from proxy.adapters.anthropic import AnthropicAdapter
-from proxy.adapters.base import Adapter
+from proxy.adapters.base import Adapter, Completion
 from proxy.adapters.gemini import GeminiAdapter
 from proxy.adapters.mock import MockAdapter
 from proxy.adapters.openai import OpenAIAdapter
+
+__all__ = ["Adapter", "Completion", "for_kind"]
 
 _ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
