@@ -5,13 +5,14 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from billing.admin import ModelAdmin as BillingModelAdmin
 from billing.admin import PriceInline
 from billing.models import Model
-from proxy import credentials
-from proxy.models import Deployment, Provider
+from proxy import circuit, credentials, health
+from proxy.models import Deployment, DeploymentHealth, Fallback, Provider
 
 
 class ProviderForm(forms.ModelForm):
@@ -97,11 +98,48 @@ class ProviderAdmin(admin.ModelAdmin):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ("model", "provider", "upstream_model", "priority", "weight", "is_active")
+    list_display = ("model", "provider", "upstream_model", "priority", "weight", "is_active", "circuit", "last_check")
     list_filter = ("provider", "is_active")
     search_fields = ("model__name", "upstream_model")
-    list_select_related = ("model", "provider")
+    list_select_related = ("model", "provider", "health")
     autocomplete_fields = ("model", "provider")
+    readonly_fields = ("circuit", "last_check")
+    actions = ["check_now"]
+
+    @admin.display(description="Circuit (live, Redis)")
+    def circuit(self, obj: Deployment) -> str:
+        return circuit.describe(obj.pk) if obj.pk else "-"
+
+    @admin.display(description="Last health check")
+    def last_check(self, obj: Deployment) -> str:
+        try:
+            h = obj.health
+        except DeploymentHealth.DoesNotExist:
+            return "never"
+        result = "ok" if h.ok else f"FAILING ({h.status or 'no answer'}: {h.error[:80]})"
+        return f"{result} in {h.latency_ms} ms at {h.checked_at:%Y-%m-%d %H:%M:%S}"
+
+    @admin.action(description="Run a health check now")
+    def check_now(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        results = [health.deployment_health_check(deployment=d) for d in queryset.select_related("provider")]
+        failing = sum(1 for r in results if not r.ok)
+        self.message_user(request, f"Checked {len(results)} deployment(s); {failing} failing.")
+
+
+@admin.register(Fallback)
+class FallbackAdmin(admin.ModelAdmin):
+    list_display = ("model", "fallback", "position")
+    autocomplete_fields = ("model", "fallback")
+
+
+class FallbackInline(admin.TabularInline):
+    model = Fallback
+    fk_name = "model"
+    extra = 0
+    fields = ("fallback", "position")
+    autocomplete_fields = ("fallback",)
+    verbose_name = "fallback model"
+    verbose_name_plural = "fallback models (served, at their own price, when every deployment fails)"
 
 
 # Edit a model's deployments on its own page. Billing may not import the proxy, so the
@@ -111,4 +149,4 @@ admin.site.unregister(Model)
 
 @admin.register(Model)
 class ModelAdmin(BillingModelAdmin):
-    inlines = [PriceInline, DeploymentInline]
+    inlines = [PriceInline, DeploymentInline, FallbackInline]

@@ -71,6 +71,22 @@ def _timeouts(provider: Provider) -> Timeouts:
     )
 
 
+def target_of(d: Deployment) -> Target:
+    """A deployment (with its provider loaded) as plain data for the request path."""
+    return Target(
+        deployment_pk=d.pk,
+        provider_name=d.provider.name,
+        kind=d.provider.kind,
+        base_url=d.provider.base_url,
+        api_key_env=d.provider.api_key_env,
+        upstream_model=d.upstream_model,
+        priority=d.priority,
+        weight=d.weight,
+        api_key_encrypted=d.provider.api_key_encrypted,
+        timeouts=_timeouts(d.provider),
+    )
+
+
 @dataclass(frozen=True)
 class RouteEntry:
     model_pk: int
@@ -102,21 +118,7 @@ def _load_route(name: str) -> RouteEntry | None:
         name=model.name,
         max_output_tokens=model.max_output_tokens,
         prices=tuple(price_snapshots(model_id=model.pk)),
-        targets=tuple(
-            Target(
-                deployment_pk=d.pk,
-                provider_name=d.provider.name,
-                kind=d.provider.kind,
-                base_url=d.provider.base_url,
-                api_key_env=d.provider.api_key_env,
-                upstream_model=d.upstream_model,
-                priority=d.priority,
-                weight=d.weight,
-                api_key_encrypted=d.provider.api_key_encrypted,
-                timeouts=_timeouts(d.provider),
-            )
-            for d in deployments
-        ),
+        targets=tuple(target_of(d) for d in deployments),
         fallbacks=tuple(
             Fallback.objects.filter(model=model, fallback__is_active=True)
             .order_by("position", "pk")

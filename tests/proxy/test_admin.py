@@ -25,7 +25,15 @@ def admin_client(client: Client) -> Client:
 
 @pytest.mark.parametrize(
     "name",
-    ["tenants_tenant", "tenants_apikey", "billing_model", "billing_usagerecord", "proxy_provider", "proxy_deployment"],
+    [
+        "tenants_tenant",
+        "tenants_apikey",
+        "billing_model",
+        "billing_usagerecord",
+        "proxy_provider",
+        "proxy_deployment",
+        "proxy_fallback",
+    ],
 )
 def test_every_changelist_renders(admin_client: Client, catalog: Catalog, api: Api, name: str) -> None:
     api.chat({"model": "gpt-4.1", "messages": user("hi")})
@@ -38,6 +46,7 @@ def test_model_page_edits_prices_and_deployments(admin_client: Client, catalog: 
     assert response.status_code == 200
     content = response.content.decode()
     assert "prices-TOTAL_FORMS" in content and "deployments-TOTAL_FORMS" in content
+    assert "fallbacks-TOTAL_FORMS" in content
 
 
 def test_ledger_is_read_only(admin_client: Client, catalog: Catalog, api: Api) -> None:
