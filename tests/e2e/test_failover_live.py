@@ -49,14 +49,11 @@ def test_sdk_never_notices_a_failover_nor_gets_a_re_sent_stream_and_each_request
     live: str, key: services.CreatedKey, sdk: Any, mock_upstream: Upstream
 ) -> None:
     client = sdk(live, key.plaintext)  # max_retries=0: any retry is Tollway's
-    raw = client.chat.completions.with_raw_response.create(
-        model="resilient", messages=[{"role": "user", "content": "hi"}]
-    )
+    hi: Any = [{"role": "user", "content": "hi"}]
+    raw = client.chat.completions.with_raw_response.create(model="resilient", messages=hi)
     assert raw.parse().choices[0].message.content
     assert (raw.headers["x-tollway-provider"], raw.headers["x-tollway-attempts"]) == ("good", "2")
-    chunks = list(
-        client.chat.completions.create(model="overloaded", messages=[{"role": "user", "content": "hi"}], stream=True)
-    )
+    chunks = list(client.chat.completions.create(model="overloaded", messages=hi, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Mock answer:")
     rows = list(UsageRecord.objects.order_by("created_at"))
     assert [(r.provider, r.attempts) for r in rows] == [("good", 2), ("good", 2)]
