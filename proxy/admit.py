@@ -14,7 +14,7 @@ from django.conf import settings
 
 from billing.admission import Admission, Ask, Limits
 from billing.admission import admit as take
-from billing.pricing import TokenUsage, cost_of
+from billing.pricing import PriceSnapshot, TokenUsage, cost_of
 from config.errors import InvalidRequest
 from proxy import tokens
 from proxy.meter import Call
@@ -42,8 +42,24 @@ def prompt_estimate(call: Call) -> int:
     return max(tokens.prompt_tokens(call.chat.messages), len(json.dumps(call.chat.messages)) // 3)
 
 
+def reserve_price(prices: list[PriceSnapshot]) -> PriceSnapshot:
+    """The dearest of the models a request may be served by (itself and its fallbacks),
+    rate by rate, so a fallback that serves never costs more than was reserved."""
+    first = prices[0]
+    if len(prices) == 1:
+        return first
+    return PriceSnapshot(
+        input_per_mtok=max(p.input_per_mtok for p in prices),
+        output_per_mtok=max(p.output_per_mtok for p in prices),
+        effective_from=first.effective_from,
+        cached_input_per_mtok=max(p.cached_input_rate for p in prices),
+        cache_write_per_mtok=max(p.cache_write_rate for p in prices),
+    )
+
+
 def admit(call: Call) -> Admission:
     principal, route = call.principal, call.route
+    price = call.reserve_price or route.price
     usage = TokenUsage(input_tokens=prompt_estimate(call), output_tokens=max_output(call))
     ask = Ask(
         request_id=call.request_id,
@@ -52,7 +68,7 @@ def admit(call: Call) -> Admission:
         tenant_limits=Limits(principal.tenant_rpm_limit, principal.tenant_tpm_limit, principal.tenant_max_concurrent),
         key_limits=Limits(principal.rpm_limit, principal.tpm_limit, principal.max_concurrent),
         tokens=usage.input_tokens + usage.output_tokens,
-        amount=cost_of(usage, route.price),
+        amount=cost_of(usage, price),
         tenant_budget=principal.tenant_monthly_budget_usd,
         key_budget=principal.monthly_budget_usd,
         timezone=principal.tenant_timezone,
@@ -62,9 +78,9 @@ def admit(call: Call) -> Admission:
             "model_id": route.entry.model_pk,
             "provider": route.target.provider_name,
             "upstream_model": route.target.upstream_model,
-            "input_price": str(route.price.input_per_mtok),
-            "output_price": str(route.price.output_per_mtok),
-            "price_from": route.price.effective_from.isoformat(),
+            "input_price": str(price.input_per_mtok),
+            "output_price": str(price.output_per_mtok),
+            "price_from": price.effective_from.isoformat(),
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "streamed": call.chat.stream,

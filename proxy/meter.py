@@ -18,7 +18,7 @@ from billing import admission as limits
 from billing.admission import Admission
 from billing.ledger import UsageEntry, usage_record_create
 from billing.models import UsageRecord
-from billing.pricing import TokenUsage
+from billing.pricing import PriceSnapshot, TokenUsage
 from proxy import tokens
 from proxy.parse import CHAT, ChatRequest
 from proxy.route import Route
@@ -40,6 +40,7 @@ class Call:
     attempts: int = 1  # upstream attempts so far; 0 when served from the response cache
     cache_hit: bool = False
     cache_key: str | None = None  # set when the response cache may keep this call's answer
+    reserve_price: PriceSnapshot | None = None  # with fallbacks: the dearest price it may be served at
 
     @property
     def metered(self) -> bool:

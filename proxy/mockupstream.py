@@ -16,6 +16,8 @@ Faults are chosen by the upstream model name, so a deployment can point at one:
 * ``mock-hang``: waits a second before answering (to trip a first-byte timeout);
 * ``mock-flaky-<N>[-<tag>]``: the first N calls with that exact model name answer 503,
   later ones succeed (a deployment that recovers; the tag keeps tests apart);
+* ``mock-reset``: starts a 200 answer (JSON, or a stream's headers and a comment) and
+  drops the connection before any content;
 * ``mock-stall``: a stream that sends its headers, then waits a second before its first
   chunk (a failure before the first byte that is not a status).
 
@@ -132,6 +134,11 @@ class MockUpstream:
                 f"Mock upstream failure {status}.",
                 type_="server_error" if status >= 500 else "invalid_request_error",
             )
+        if model == "mock-reset":
+            stream_ = bool(body.get("stream"))
+            kind = "text/event-stream" if stream_ else "application/json"
+            start_response("200 OK", [("Content-Type", kind), ("Content-Length", "4096")])
+            return self.reset(b": hello\n\n" if stream_ else b'{"id": "chatcmpl-')
         if model == "mock-garbage":
             start_response("200 OK", [("Content-Type", "application/json")])
             return [b"<html>definitely not json"]
@@ -139,6 +146,10 @@ class MockUpstream:
             return _json(start_response, 200, complete(body, model=model))
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
         return stream(body, model)
+
+    def reset(self, first: bytes) -> Iterator[bytes]:
+        yield first
+        raise CutStream("mock-reset: dropping the connection before the answer")
 
     def _delay(self, model: str) -> float:
         return 0.05 if model == "mock-slow" else self.chunk_delay

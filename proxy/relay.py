@@ -25,7 +25,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
 from config.errors import TollwayError, UpstreamError
-from proxy import meter, respcache
+from proxy import circuit, meter, respcache
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
 from proxy.parse import COMPLETIONS, EMBEDDINGS
@@ -135,6 +135,9 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
         except TollwayError as exc:
             outcome = UsageRecord.Outcome.UPSTREAM_ERROR
             _meter(call, tally, outcome)
+            # Too late to retry, but a deployment that keeps breaking streams gets ejected.
+            latency = int((time.monotonic() - call.started) * 1000)
+            circuit.record_failure(call.route.target.deployment_pk, status=exc.upstream_status, latency_ms=latency)
             yield sse_error_event(exc)
             return
         except Exception:

@@ -67,6 +67,7 @@ def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpR
     if first is None:
         raise picker.unavailable()
     call = meter.Call(request_id=request.request_id, principal=principal, route=first, chat=chat)  # type: ignore[attr-defined]
+    call.reserve_price = admit.reserve_price([price for _, price in picker.steps])
     admission = admit.admit(call)
 
     def attempt(call: meter.Call) -> HttpResponseBase:

@@ -92,6 +92,20 @@ def test_connect_refused_and_a_stalled_stream_fail_over(
     assert (row.provider, row.attempts, row.outcome) == ("loop", 3, "completed")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_connection_reset_before_the_answer_fails_over(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, stream: bool
+) -> None:
+    backup = provider("backup", mock_upstream.base_url)
+    model("reset", (loop, "mock-reset", 0), (backup, "healthy-b", 1))
+    response = api.chat({"model": "reset", "messages": user("hi"), "stream": stream})
+    assert response.status_code == 200 and response["x-tollway-attempts"] == "2"
+    if stream:
+        assert sse_events(response)[-1] == "[DONE]"
+    assert seen(mock_upstream) == ["mock-reset", "healthy-b"]
+    assert UsageRecord.objects.get().attempts == 2
+
+
 def test_no_retry_after_the_first_byte(api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider) -> None:
     backup = provider("backup", mock_upstream.base_url)
     model("c", (loop, "mock-cut", 0), (backup, "healthy-b", 1))
@@ -104,6 +118,8 @@ def test_no_retry_after_the_first_byte(api: Api, catalog: Catalog, mock_upstream
     assert seen(mock_upstream) == ["mock-cut"]
     row = UsageRecord.objects.get()
     assert (row.outcome, row.attempts) == ("upstream_error", 1)
+    # the break still counts against the deployment's circuit
+    assert "1 consecutive failures" in circuit.describe(Deployment.objects.get(upstream_model="mock-cut").pk)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
@@ -254,3 +270,19 @@ def test_every_deployment_ejected_answers_503_with_retry_after(
     assert response.json()["error"]["code"] == "no_available_deployment"
     assert 1 <= int(response["Retry-After"]) <= 31
     assert seen(mock_upstream) == ["mock-error-500"]
+
+
+def test_the_reservation_covers_the_dearest_fallback(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, tenant: Any
+) -> None:
+    # given a $0.50 budget: a cheap model's reservation fits, a dear fallback's would not
+    tenant.monthly_budget_usd = Decimal("0.50")
+    tenant.save()
+    cheap = model("cheap", (loop, "healthy", 0), prices=("1", "1"))
+    body = {"model": "cheap", "messages": user("hi"), "max_tokens": 1000}
+    assert api.chat(body).status_code == 200
+    Fallback.objects.create(model=cheap, fallback=model("dear", (loop, "healthy", 0), prices=("1", "1000")))
+    # then the request is refused before any upstream call: it could cost $1 if the fallback served
+    response = api.chat(body)
+    assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+    assert UsageRecord.objects.count() == 1
