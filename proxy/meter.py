@@ -19,7 +19,7 @@ from billing.admission import Admission
 from billing.ledger import UsageEntry, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage
-from proxy import tokens
+from proxy import observe, tokens
 from proxy.parse import CHAT, ChatRequest
 from proxy.route import Route
 from tenants.selectors import KeyPrincipal
@@ -37,6 +37,11 @@ class Call:
     created_at: datetime = field(default_factory=timezone.now)
     cost: Decimal | None = None
     admission: Admission | None = None
+    # Monotonic timestamps for the metrics: overhead is the time not spent upstream.
+    request_started: float = field(default_factory=time.monotonic)
+    upstream_started: float | None = None
+    upstream_done: float | None = None
+    first_byte_at: float | None = None
 
     @property
     def metered(self) -> bool:
@@ -84,6 +89,7 @@ def record(
     call.cost = cost
     if call.admission is not None:
         limits.settle(call.admission, cost=cost, tokens=usage.input_tokens + usage.output_tokens, counted=inserted)
+    observe.call_finished(call, usage, cost, outcome=str(outcome), estimated=estimated)
     return cost
 
 

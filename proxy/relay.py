@@ -127,6 +127,8 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
                 chunk["model"] = model_name
                 if not call.chat.include_usage:
                     chunk.pop("usage", None)
+                if call.first_byte_at is None:
+                    call.first_byte_at = time.monotonic()
                 yield sse_event(chunk)
         except TollwayError as exc:
             outcome = UsageRecord.Outcome.UPSTREAM_ERROR
@@ -190,4 +192,6 @@ def _usage_or_estimate(call: meter.Call, tally: _Tally) -> TokenUsage:
 
 
 def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal:
+    if call.upstream_done is None:
+        call.upstream_done = time.monotonic()
     return meter.record(call, _usage_or_estimate(call, tally), estimated=tally.usage is None, outcome=outcome)
