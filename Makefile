@@ -6,7 +6,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run migrate seed test lint typecheck pytest services format clean stack stack-down stack-status
+.PHONY: bench help venv run migrate seed test lint typecheck pytest services format clean stack stack-down stack-status
 
 help:
 	@echo "make run    build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
@@ -64,3 +64,10 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+# The benchmark (bench/run.py): QUICK=1 for a short run, PEER=litellm to compare in the
+# same run, P4=1 for the 1,000,000-row month close. It installs wrk and nginx if missing.
+bench: $(STAMP) services
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) $(if $(P4),--p4)

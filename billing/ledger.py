@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection
@@ -33,13 +34,18 @@ class UsageEntry:
     cache_hit: bool = False
 
 
+def entry_cost(entry: UsageEntry) -> Decimal:
+    """What ``entry`` costs the tenant: the one pricing rule the ledger and responses share."""
+    return cost_of(entry.usage, entry.price)
+
+
 def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
     """Write the ledger row for ``entry``. Returns its cost, and whether this call wrote it.
 
     One statement, ``INSERT … ON CONFLICT DO NOTHING`` on the request id, so a repeated
     call for the same request can never bill twice.
     """
-    cost = cost_of(entry.usage, entry.price)
+    cost = entry_cost(entry)
     row = UsageRecord(
         request_id=entry.request_id,
         created_at=entry.created_at,
@@ -68,17 +74,24 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
     return cost, _insert_once(row)
 
 
-def _insert_once(row: UsageRecord) -> bool:
-    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+@lru_cache(maxsize=4)
+def _insert_sql(vendor: str) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT statement, built once per database vendor rather than per call."""
+    fields = tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
     table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "  # noqa: S608  # names from _meta
+        "ON CONFLICT (request_id) DO NOTHING RETURNING id"
+    )
+    return sql, fields
+
+
+def _insert_once(row: UsageRecord) -> bool:
+    sql, fields = _insert_sql(connection.vendor)
+    values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "  # noqa: S608  # names from _meta
-            "ON CONFLICT (request_id) DO NOTHING RETURNING id",
-            values,
-        )
+        cursor.execute(sql, values)
         return cursor.fetchone() is not None
 
 

@@ -20,10 +20,12 @@ from typing import Generic, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
+from prometheus_client import Counter
 
 T = TypeVar("T")
 
 _MISSING = "__tollway_missing__"
+LOOKUPS = Counter("tollway_cache_lookups_total", "Hot-path cache lookups", ["cache", "tier"])
 _MAX_LOCAL_ENTRIES = 50_000
 
 
@@ -47,6 +49,7 @@ class TieredCache(Generic[T]):
         now = time.monotonic()
         hit = self._local.get(key)
         if hit is not None and hit[0] > now:
+            LOOKUPS.labels(self.namespace, "local").inc()
             return hit[1]
         value = self._fetch(key)
         if len(self._local) >= _MAX_LOCAL_ENTRIES:
@@ -56,11 +59,14 @@ class TieredCache(Generic[T]):
 
     def _fetch(self, key: str) -> T | None:
         if not _shared_enabled():
+            LOOKUPS.labels(self.namespace, "database").inc()
             return self.loader(key)
         shared_key = self._shared_key(key)
         stored = cache.get(shared_key)
         if stored is not None:
+            LOOKUPS.labels(self.namespace, "redis").inc()
             return None if stored == _MISSING else stored
+        LOOKUPS.labels(self.namespace, "database").inc()
         value = self.loader(key)
         ttl = settings.TOLLWAY["SHARED_CACHE_SECONDS"]
         # A miss is kept briefly, so a forged key id cannot make every request hit Postgres.

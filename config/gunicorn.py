@@ -87,3 +87,24 @@ logger_class = JsonAccessLogger
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+# Prometheus: each worker writes its metrics to files in this directory and /metrics merges
+# them (prometheus-client's multiprocess mode). One directory per replica, emptied at start.
+_port = bind.rsplit(":", 1)[-1]
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(os.environ.get("TOLLWAY_VAR_DIR", os.path.join(os.getcwd(), "var")), "prometheus", _port),
+)
+
+
+def on_starting(server: Any) -> None:
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess  # the master never loads the app; this is safe
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ class RequestIdMiddleware:
         inbound = request.headers.get("X-Request-ID", "")
         request_id = inbound if self.trust_inbound and _TRUSTED_ID.match(inbound) else uuid.uuid4().hex
         request.request_id = request_id  # type: ignore[attr-defined]  # our own attribute
+        request.started_at = time.monotonic()  # type: ignore[attr-defined]  # for the overhead metric
         response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response

@@ -204,6 +204,10 @@ TOLLWAY: dict[str, Any] = {
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.
     "DEFAULT_MAX_OUTPUT_TOKENS": env.int("TOLLWAY_DEFAULT_MAX_OUTPUT_TOKENS", 4096),
+    # Who may read /metrics (nginx restricts it too).
+    "METRICS_ALLOWED_NETWORKS": env.list(
+        "TOLLWAY_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    ),
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),
@@ -231,18 +235,32 @@ TOLLWAY: dict[str, Any] = {
 }
 
 # --- Logging ---------------------------------------------------------------------------
+# JSON lines in production (one object per line, for a log shipper); plain text in DEBUG.
+LOG_FORMAT = env.str("LOG_FORMAT", "plain" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # 4xx answers are the client's business and already in the access log.
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        # One line per request (proxy/observe.py); TOLLWAY_REQUEST_LOG=0 silences it.
+        "tollway.request": {
+            "handlers": ["console"],
+            "level": "INFO" if env.bool("TOLLWAY_REQUEST_LOG", True) else "WARNING",
+            "propagate": False,
+        },
+        "httpx": {"level": "WARNING"},
     },
 }
 

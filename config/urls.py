@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/v1/", include((v1, "api-v1"))),
     path("health", proxy_views.health, name="health"),
     path("ready", proxy_views.ready, name="ready"),
+    path("metrics", proxy_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 urlpatterns += staticfiles_urlpatterns()  # serves admin assets only when DEBUG is on

@@ -33,7 +33,7 @@ from django.http import HttpResponseBase
 
 from billing.pricing import PriceSnapshot, TokenUsage
 from config.errors import ErrorCode, TollwayError, UpstreamError
-from proxy import circuit
+from proxy import circuit, observe
 from proxy.adapters.base import ChunkStream
 from proxy.route import Route, RouteEntry, Target, pick_target
 
@@ -152,6 +152,7 @@ def run(call: Any, picker: Picker, attempt: Callable[[Any], HttpResponseBase]) -
                 following.target.provider_name,
                 wait,
             )
+            observe.attempt_failed(target.provider_name, str(exc.code))
             sleep(wait)
             call.route = following
             call.attempts += 1

@@ -16,10 +16,10 @@ from django.utils import timezone
 
 from billing import admission as limits
 from billing.admission import Admission
-from billing.ledger import UsageEntry, usage_record_create
+from billing.ledger import UsageEntry, entry_cost, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage
-from proxy import tokens
+from proxy import observe, tokens
 from proxy.parse import CHAT, ChatRequest
 from proxy.route import Route
 from tenants.selectors import KeyPrincipal
@@ -41,6 +41,11 @@ class Call:
     cache_hit: bool = False
     cache_key: str | None = None  # set when the response cache may keep this call's answer
     reserve_price: PriceSnapshot | None = None  # with fallbacks: the dearest price it may be served at
+    # Monotonic timestamps for the metrics: overhead is the time not spent upstream.
+    request_started: float = field(default_factory=time.monotonic)
+    upstream_started: float | None = None
+    upstream_done: float | None = None
+    first_byte_at: float | None = None
 
     @property
     def metered(self) -> bool:
@@ -56,6 +61,34 @@ def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
     return TokenUsage(input_tokens=tokens.prompt_tokens(chat.messages), output_tokens=tokens.count(completion_text))
 
 
+def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> UsageEntry:
+    target = call.route.target
+    return UsageEntry(
+        request_id=call.request_id,
+        created_at=call.created_at,
+        tenant_id=call.principal.tenant_pk,
+        api_key_id=call.principal.api_key_pk,
+        model_id=call.route.entry.model_pk,
+        provider=target.provider_name,
+        upstream_model=target.upstream_model,
+        usage=usage,
+        price=call.route.price,
+        usage_estimated=estimated,
+        streamed=call.chat.stream,
+        outcome=outcome,
+        latency_ms=int((time.monotonic() - call.started) * 1000),
+        attempts=call.attempts,
+        # A fallback model serves at its own price; the row also says what was asked for.
+        requested_model=call.chat.model if call.chat.model != call.route.entry.name else "",
+        cache_hit=call.cache_hit,
+    )
+
+
+def quote(call: Call, usage: TokenUsage) -> Decimal:
+    """What ``record`` will charge for ``usage``, without writing anything."""
+    return entry_cost(_entry(call, usage, estimated=False, outcome=UsageRecord.Outcome.COMPLETED))
+
+
 def record(
     call: Call,
     usage: TokenUsage,
@@ -67,31 +100,11 @@ def record(
     Call returns the first cost."""
     if call.cost is not None:
         return call.cost
-    target = call.route.target
-    cost, inserted = usage_record_create(
-        entry=UsageEntry(
-            request_id=call.request_id,
-            created_at=call.created_at,
-            tenant_id=call.principal.tenant_pk,
-            api_key_id=call.principal.api_key_pk,
-            model_id=call.route.entry.model_pk,
-            provider=target.provider_name,
-            upstream_model=target.upstream_model,
-            usage=usage,
-            price=call.route.price,
-            usage_estimated=estimated,
-            streamed=call.chat.stream,
-            outcome=outcome,
-            latency_ms=int((time.monotonic() - call.started) * 1000),
-            attempts=call.attempts,
-            # A fallback model serves at its own price; the row also says what was asked for.
-            requested_model=call.chat.model if call.chat.model != call.route.entry.name else "",
-            cache_hit=call.cache_hit,
-        )
-    )
+    cost, inserted = usage_record_create(entry=_entry(call, usage, estimated=estimated, outcome=outcome))
     call.cost = cost
     if call.admission is not None:
         limits.settle(call.admission, cost=cost, tokens=usage.input_tokens + usage.output_tokens, counted=inserted)
+    observe.call_finished(call, usage, cost, outcome=str(outcome), estimated=estimated)
     return cost
 
 

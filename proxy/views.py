@@ -7,6 +7,7 @@ wrapping cost more than the rest of the path, and these endpoints need none of i
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -17,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
-from proxy import adapters, admit, attempts, auth, meter, parse, relay, respcache, route
+from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def api_view(*methods: str) -> Callable[[View], View]:
                     raise MethodNotAllowed(f"{request.method} is not allowed here; use {' or '.join(methods)}.")
                 return view(request, *args, **kwargs)
             except TollwayError as exc:
+                observe.call_refused(
+                    request, exc.status, str(exc.code), provider=getattr(request, "tollway_provider", None)
+                )
                 response = error_response(exc)
                 if isinstance(exc, MethodNotAllowed):
                     response["Allow"] = ", ".join(methods)
@@ -66,12 +70,20 @@ def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpR
     first = picker.next()
     if first is None:
         raise picker.unavailable()
-    call = meter.Call(request_id=request.request_id, principal=principal, route=first, chat=chat)  # type: ignore[attr-defined]
+    call = meter.Call(
+        request_id=request.request_id,  # type: ignore[attr-defined]
+        principal=principal,
+        route=first,
+        chat=chat,
+        request_started=getattr(request, "started_at", time.monotonic()),
+    )
     call.reserve_price = admit.reserve_price([price for _, price in picker.steps])
     admission = admit.admit(call)
 
     def attempt(call: meter.Call) -> HttpResponseBase:
         target = call.route.target
+        request.tollway_provider = target.provider_name  # type: ignore[attr-defined]  # for error metrics
+        call.upstream_started = time.monotonic()
         return answer(call, adapters.for_kind(target.kind), chat.upstream_body(target.upstream_model))
 
     call.cache_key = respcache.key_for(chat, principal, respcache.mode(request, principal))
@@ -99,25 +111,26 @@ def _from_cache(call: meter.Call, entry: dict[str, Any]) -> HttpResponseBase:
     return relay.json_response(call, respcache.completion(entry))
 
 
-def _kept(call: meter.Call, completion: adapters.Completion) -> adapters.Completion:
+def _complete(call: meter.Call, completion: adapters.Completion) -> HttpResponseBase:
+    call.upstream_done = time.monotonic()
     respcache.store(call.cache_key, call.route, completion.body, completion.usage)
-    return completion
+    return relay.json_response(call, completion)
 
 
 def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
         return relay.stream_response(call, attempts.primed(adapter.stream(call.route.target, body)))
-    return relay.json_response(call, _kept(call, adapter.complete(call.route.target, body)))
+    return _complete(call, adapter.complete(call.route.target, body))
 
 
 def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
         return relay.stream_response(call, attempts.primed(adapter.text_stream(call.route.target, body)))
-    return relay.json_response(call, _kept(call, adapter.text_complete(call.route.target, body)))
+    return _complete(call, adapter.text_complete(call.route.target, body))
 
 
 def _embed(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
-    return relay.json_response(call, _kept(call, adapter.embed(call.route.target, body)))
+    return _complete(call, adapter.embed(call.route.target, body))
 
 
 @api_view("POST")
@@ -192,3 +205,25 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 def json_server_error(request: HttpRequest) -> HttpResponse:
     return error_response(UpstreamError("Tollway hit an internal error; it has been logged.", status=500))
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for internal networks only (nginx also restricts it)."""
+    if not internal_client(request):
+        return json_not_found(request)
+    data, content_type = observe.exposition()
+    return HttpResponse(data, content_type=content_type)
+
+
+def internal_client(request: HttpRequest) -> bool:
+    import ipaddress
+
+    from django.conf import settings
+
+    from tenants.auth import client_ip
+
+    try:
+        address = ipaddress.ip_address(client_ip(request))
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n) for n in settings.TOLLWAY["METRICS_ALLOWED_NETWORKS"])

@@ -59,15 +59,19 @@ def test_sdk_completion_over_verified_tls(stack: Stack, transactional_db: None, 
     assert raw.headers["x-content-type-options"] == "nosniff"
     assert raw.headers["x-frame-options"] == "DENY"
     assert raw.headers["server"] == "nginx"  # no version
-    # the replica's gunicorn access log is JSON too, under the same id
-    replica_log = [
+    # the replica's gunicorn access log is JSON too, under the same id, and so is the
+    # app's own line for the call (proxy/observe.py), with what it cost
+    replica_lines = [
         json.loads(line)
         for path in (stack.dir / "logs").glob("web-*.log")
         for line in path.read_text().splitlines()
         if request_id in line
     ]
-    assert [(e["path"], e["status"]) for e in replica_log] == [("/v1/chat/completions", 200)]
-    assert replica_log[0]["x_forwarded_for"] == "127.0.0.1"  # the client's address reaches the app
+    access = [e for e in replica_lines if "method" in e]
+    assert [(e["path"], e["status"]) for e in access] == [("/v1/chat/completions", 200)]
+    assert access[0]["x_forwarded_for"] == "127.0.0.1"  # the client's address reaches the app
+    app = [e for e in replica_lines if e.get("logger") == "tollway.request"]
+    assert len(app) == 1 and app[0]["cost_usd"] == raw.headers["x-tollway-cost"]
 
     # the seed article's /api/v1/ prefix reaches the same API
     legacy = stack.sdk(key.plaintext, prefix="/api/v1")
@@ -213,3 +217,11 @@ def test_celery_worker_and_beat_run(stack: Stack) -> None:
     lines = dict(line.split(None, 1) for line in status.stdout.splitlines())
     assert lines["worker"].endswith("running") and lines["beat"].endswith("running")
     assert (stack.dir / "celerybeat.pid").exists()
+
+
+def test_metrics_only_for_internal_networks(stack: Stack) -> None:
+    """nginx passes /metrics on for loopback (allowed) and would refuse anyone else."""
+    response = stack.client().get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# TYPE tollway_requests_total counter" in response.text

@@ -3,6 +3,7 @@ before the first byte is failed over unnoticed, and a stream cut after it is nev
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -45,6 +46,16 @@ def live(production_env: dict[str, str], catalog: Catalog, mock_upstream: Upstre
         stop(proc)
 
 
+def rows_when(count: int) -> list[UsageRecord]:
+    """The ledger once it holds ``count`` rows: a JSON answer is metered just after it is sent."""
+    deadline = time.monotonic() + 5
+    while UsageRecord.objects.count() < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = list(UsageRecord.objects.order_by("created_at"))
+    assert len(rows) == count
+    return rows
+
+
 def test_sdk_never_notices_a_failover_nor_gets_a_re_sent_stream_and_each_request_is_billed_once(
     live: str, key: services.CreatedKey, sdk: Any, mock_upstream: Upstream
 ) -> None:
@@ -55,7 +66,7 @@ def test_sdk_never_notices_a_failover_nor_gets_a_re_sent_stream_and_each_request
     assert (raw.headers["x-tollway-provider"], raw.headers["x-tollway-attempts"]) == ("good", "2")
     chunks = list(client.chat.completions.create(model="overloaded", messages=hi, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Mock answer:")
-    rows = list(UsageRecord.objects.order_by("created_at"))
+    rows = list(rows_when(2))
     assert [(r.provider, r.attempts) for r in rows] == [("good", 2), ("good", 2)]
     # the dead deployment refused the connection; the 529 was seen once, then the backup
     assert [r["body"]["model"] for r in mock_upstream.received()] == ["healthy", "mock-error-529", "healthy"]
@@ -67,6 +78,5 @@ def test_sdk_never_notices_a_failover_nor_gets_a_re_sent_stream_and_each_request
         for _ in stream:
             pass
     assert [r["body"]["model"] for r in mock_upstream.received()] == ["mock-cut"]
-    row = UsageRecord.objects.order_by("created_at").last()
-    assert row is not None and (row.outcome, row.attempts, row.provider) == ("upstream_error", 1, "busy")
-    assert UsageRecord.objects.count() == 3
+    row = rows_when(3)[-1]
+    assert (row.outcome, row.attempts, row.provider) == ("upstream_error", 1, "busy")

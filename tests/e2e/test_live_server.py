@@ -200,3 +200,19 @@ def test_embedded_default_as_make_run_serves_it(tmp_path: Path, sdk: Any) -> Non
     (_, din, dout, dcost, _), (_, gin, gout, gcost, _) = rows
     assert Decimal(str(dcost)) == Decimal(cost) == (din * Decimal("0.42") + dout * Decimal("1.68")) / 1_000_000
     assert Decimal(str(gcost)) == Decimal(stream_cost) == (gin * 8 + gout * 32) / Decimal(1_000_000)
+
+
+def test_metrics_merge_every_worker(live: str, key: services.CreatedKey) -> None:
+    """Two gevent workers, one /metrics: prometheus-client's multiprocess mode."""
+    headers = {"Authorization": f"Bearer {key.plaintext}"}
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "count"}]}
+    with httpx.Client(base_url=live) as client:
+        for _ in range(20):
+            assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+        text = client.get("/metrics").text
+    served = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tollway_requests_total{") and 'model="gpt-4.1"' in line and 'status="200"' in line
+    ]
+    assert sum(served) == 20
