@@ -61,7 +61,9 @@ def deterministic(chat: ChatRequest) -> bool:
     if chat.endpoint == EMBEDDINGS:
         return True
     temperature = chat.body.get("temperature")
-    return temperature is not None and float(temperature) == 0 and (chat.body.get("n") or 1) == 1
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        return False  # absent (the provider's default samples) or not a number
+    return temperature == 0 and chat.body.get("n") in (None, 1)
 
 
 def key_for(chat: ChatRequest, principal: KeyPrincipal, how: str) -> str | None:

@@ -52,6 +52,17 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] |
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
+def ledger_settled(count: int, timeout: float = 5.0) -> None:
+    """Wait until the ledger holds at least ``count`` rows. A served JSON answer writes its
+    row just after it is sent (``relay.MeteredJsonResponse``), so a test that has read the
+    answer from a live server may get there first."""
+    from billing.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while UsageRecord.objects.count() < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def stop(proc: subprocess.Popen[Any]) -> None:
     proc.terminate()
     try:

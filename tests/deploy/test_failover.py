@@ -85,6 +85,8 @@ def test_killing_a_replica_keeps_gets_working_and_never_resends_a_post(
     # and the calls the other replica held completed, billed once each
     for response in answered:
         assert stack.logged(response.headers["x-request-id"])["upstream_addr"] == alive
+    # (a JSON answer is metered just after it is sent, so give the rows a moment)
+    wait_until(lambda: UsageRecord.objects.count() >= len(answered), 5, "the answered calls' ledger rows")
     assert UsageRecord.objects.count() == len(answered)
     assert set(UsageRecord.objects.values_list("request_id", flat=True)) == {
         r.headers["x-request-id"] for r in answered

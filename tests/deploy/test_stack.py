@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from billing.models import UsageRecord
-from tests.conftest import Catalog
+from tests.conftest import Catalog, ledger_settled
 from tests.deploy.conftest import Stack, assert_openai_error, nginx_binary, serve_model
 
 # Every test here is transactional, so pytest-django keeps them together and the
@@ -48,6 +48,7 @@ def test_sdk_completion_over_verified_tls(stack: Stack, transactional_db: None, 
     # then it is answered, priced and recorded under the request id nginx made
     assert completion.choices[0].message.content
     request_id = raw.headers["x-request-id"]
+    ledger_settled(1)  # the row and the app's log line come just after the answer is sent
     row = UsageRecord.objects.get(request_id=request_id)
     assert str(row.cost) == raw.headers["x-tollway-cost"] == completion.model_dump()["usage"]["cost"]
     logged = stack.logged(request_id)
@@ -59,18 +60,25 @@ def test_sdk_completion_over_verified_tls(stack: Stack, transactional_db: None, 
     assert raw.headers["x-content-type-options"] == "nosniff"
     assert raw.headers["x-frame-options"] == "DENY"
     assert raw.headers["server"] == "nginx"  # no version
+
     # the replica's gunicorn access log is JSON too, under the same id, and so is the
     # app's own line for the call (proxy/observe.py), with what it cost
-    replica_lines = [
-        json.loads(line)
-        for path in (stack.dir / "logs").glob("web-*.log")
-        for line in path.read_text().splitlines()
-        if request_id in line
-    ]
-    access = [e for e in replica_lines if "method" in e]
+    def replica_lines() -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for path in (stack.dir / "logs").glob("web-*.log")
+            for line in path.read_text().splitlines()
+            if request_id in line
+        ]
+
+    deadline = time.monotonic() + 5
+    while not any(e.get("logger") == "tollway.request" for e in replica_lines()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = replica_lines()
+    access = [e for e in lines if "method" in e]
     assert [(e["path"], e["status"]) for e in access] == [("/v1/chat/completions", 200)]
     assert access[0]["x_forwarded_for"] == "127.0.0.1"  # the client's address reaches the app
-    app = [e for e in replica_lines if e.get("logger") == "tollway.request"]
+    app = [e for e in lines if e.get("logger") == "tollway.request"]
     assert len(app) == 1 and app[0]["cost_usd"] == raw.headers["x-tollway-cost"]
 
     # the seed article's /api/v1/ prefix reaches the same API

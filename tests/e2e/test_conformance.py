@@ -121,6 +121,10 @@ def gateway(
 
 
 def row(request_id: str) -> UsageRecord:
+    # A JSON answer's row is written just after the answer is sent: give it a moment.
+    deadline = time.monotonic() + 5
+    while not UsageRecord.objects.filter(request_id=request_id).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     return UsageRecord.objects.get(request_id=request_id)
 
 

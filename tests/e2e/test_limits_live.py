@@ -23,7 +23,7 @@ from billing.models import UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, cost_of
 from proxy import tokens
 from tenants.models import Tenant
-from tests.conftest import Catalog, stop, user
+from tests.conftest import Catalog, ledger_settled, stop, user
 from tests.e2e.conftest import serve
 
 pytestmark = pytest.mark.live
@@ -94,6 +94,7 @@ def test_budget_is_never_overspent_under_concurrency(slow_replicas: list[Any], t
     assert len(refused) == 50 - statuses[200]
     assert all(r.json()["error"]["type"] == "insufficient_quota" for r in refused)
     assert all(r.headers["x-should-retry"] == "false" for r in refused)
+    ledger_settled(statuses[200])
     spent = UsageRecord.objects.aggregate(s=Sum("cost"))["s"]
     assert UsageRecord.objects.count() == statuses[200]
     assert spent <= budget
