@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0004_usage_attempts_cache_hit'),
+        ('billing', '0003_cached_tokens_and_prices'),
         ('proxy', '0002_provider_timeouts_and_credentials'),
     ]
 
