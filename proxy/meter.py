@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from billing import admission as limits
 from billing.admission import Admission
-from billing.ledger import UsageEntry, entry_cost, usage_record_create
+from billing.ledger import UsageEntry, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage
 from proxy import observe, tokens
@@ -74,11 +74,6 @@ def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> U
         outcome=outcome,
         latency_ms=int((time.monotonic() - call.started) * 1000),
     )
-
-
-def quote(call: Call, usage: TokenUsage) -> Decimal:
-    """What ``record`` will charge for ``usage``, without writing anything."""
-    return entry_cost(_entry(call, usage, estimated=False, outcome=UsageRecord.Outcome.COMPLETED))
 
 
 def record(
