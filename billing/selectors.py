@@ -23,6 +23,7 @@ def price_snapshots(*, model_id: int) -> list[PriceSnapshot]:
             effective_from=p.effective_from,
             cached_input_per_mtok=p.cached_input_per_mtok,
             cache_write_per_mtok=p.cache_write_per_mtok,
+            request_fee=p.request_fee,
         )
         for p in prices
     ]
