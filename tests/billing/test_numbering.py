@@ -6,6 +6,7 @@ counter lock in ``billing.locks`` two threads read the same last number, and thi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -50,11 +51,10 @@ def run_threads(work: list[list[Invoice]]) -> list[BaseException]:
         try:
             barrier.wait()
             for invoice in batch:
-                try:
+                # another thread may have finalised it first: refused, as it must be
+                with contextlib.suppress(InvoicingError):
                     invoice_finalize(invoice=invoice, now=NOW)
-                except InvoicingError:
-                    pass  # another thread finalised it first: refused, as it must be
-        except BaseException as exc:  # noqa: BLE001  # reported to the main thread
+        except BaseException as exc:  # reported to the main thread
             errors.append(exc)
         finally:
             close_old_connections()
