@@ -78,7 +78,7 @@ def test_concurrent_finalisation_numbers_are_gapless_and_unique() -> None:
     errors = run_threads(work)
 
     assert errors == []
-    numbers = sorted(Invoice.objects.values_list("number", flat=True))
+    numbers = sorted(str(n) for n in Invoice.objects.values_list("number", flat=True))
     assert numbers == [f"TW-2026-{n:06d}" for n in range(1, INVOICES + 1)]
     assert InvoiceCounter.objects.get(year=2026).last == INVOICES
     assert set(Invoice.objects.values_list("status", flat=True)) == {Invoice.Status.FINALIZED}
