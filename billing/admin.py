@@ -132,7 +132,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "latency_ms",
     )
     list_filter = ("streamed", "outcome", "usage_estimated", "model")
-    search_fields = ("request_id", "tenant__slug")
+    search_fields = ("=request_id", "tenant__slug")  # exact: the unique index answers it
     list_select_related = ("tenant", "model")
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over millions of rows

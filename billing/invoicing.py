@@ -33,7 +33,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
@@ -129,8 +129,22 @@ def invoice_draft(*, tenant: Tenant, period: str, now: datetime | None = None) -
         return invoice
 
 
+def invoice_rows(invoice: Invoice) -> QuerySet[UsageRecord]:
+    """The ledger rows an invoice bills, found through the tenant-and-time index."""
+    return UsageRecord.objects.filter(
+        tenant_id=invoice.tenant_id,
+        created_at__gte=invoice.billed_from or invoice.period_start,
+        created_at__lt=invoice.period_end,
+        invoice=invoice,
+    )
+
+
 def _bill_rows(invoice: Invoice) -> int:
-    """Mark the unbilled rows this invoice takes: its month's, and earlier late ones."""
+    """Mark the unbilled rows this invoice takes: its month's, and earlier late ones.
+
+    Unbilled rows are few (this month's and late ones) and have their own partial index,
+    so this never scans a tenant's history.
+    """
     rows = UsageRecord.objects.filter(tenant_id=invoice.tenant_id, invoice__isnull=True)
     mine = Q(created_at__gte=invoice.period_start, created_at__lt=invoice.period_end)
     late = Q(created_at__lt=invoice.period_start)
@@ -139,6 +153,11 @@ def _bill_rows(invoice: Invoice) -> int:
         tenant_id=invoice.tenant_id, status=Invoice.Status.DRAFT, period_start__lt=invoice.period_start
     ).values_list("period_start", "period_end"):
         late &= ~Q(created_at__gte=start, created_at__lt=end)
+    earliest = rows.filter(late).aggregate(first=Min("created_at"))["first"]
+    billed_from = min(filter(None, [earliest, invoice.billed_from, invoice.period_start]))
+    if billed_from != invoice.billed_from:
+        invoice.billed_from = billed_from
+        invoice.save(update_fields=["billed_from"])
     return rows.filter(mine | late).update(invoice=invoice)
 
 
@@ -148,7 +167,7 @@ def _rebuild_lines(invoice: Invoice) -> None:
     tenant = invoice.tenant
     tz = zoneinfo.ZoneInfo(tenant.timezone)
     groups = (
-        UsageRecord.objects.filter(invoice=invoice)
+        invoice_rows(invoice)
         .annotate(month=TruncMonth("created_at", tzinfo=tz))
         .values(
             "month",
@@ -268,8 +287,9 @@ def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoic
                 f"Invoice {locked.number} is already {locked.get_status_display().lower()}; "
                 "it cannot be finalised again. Void it and reissue to correct it."
             )
-        _bill_rows(locked)
-        _rebuild_lines(locked)
+        # The lines are current unless rows arrived since the last refresh (or it has none yet).
+        if _bill_rows(locked) or not locked.lines.exists():
+            _rebuild_lines(locked)
         year = now.astimezone(UTC).year
         locked.number = f"TW-{year}-{locks.invoice_number_next(year=year):06d}"
         locked.status = Invoice.Status.FINALIZED
@@ -304,8 +324,9 @@ def invoice_void(*, invoice: Invoice, reason: str, reissue: bool = True, now: da
             grace_until=now,  # the month is long closed: finalise as soon as it is checked
             currency=locked.currency,
             replaces=locked,
+            billed_from=locked.billed_from,
         )
-        UsageRecord.objects.filter(invoice=locked).update(invoice=draft)
+        invoice_rows(locked).update(invoice=draft)
         _bill_rows(draft)
         _rebuild_lines(draft)
         return draft
@@ -343,7 +364,7 @@ def month_close(
             result.skipped += 1
         else:
             result.drafted += 1
-            result.rows += invoice.usage_records.count() if progress else 0
+            result.rows += invoice_rows(invoice).count() if progress else 0
             if finalize:
                 invoice = invoice_finalize(invoice=invoice, now=now)
                 result.finalized += 1

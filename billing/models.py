@@ -116,9 +116,10 @@ class UsageRecord(models.Model):
         UPSTREAM_ERROR = "upstream_error", "Upstream failed mid-stream"
         RESERVATION_EXPIRED = "reservation_expired", "Worker lost; billed from the reservation"
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)  # unique: see Meta (no LIKE index, never searched by prefix)
     created_at = models.DateTimeField(default=timezone.now)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    # Indexed by usage_tenant_time (tenant first); a second index would only slow every write.
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records", db_index=False)
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records")
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="usage_records")
     provider = models.CharField(max_length=200)
@@ -157,8 +158,16 @@ class UsageRecord(models.Model):
     )
     # Set when the row is billed: each row lands on exactly one invoice, so late usage is
     # whatever is still unbilled when a later invoice is drafted.
+    # No index of its own: the month close updates every row of the month, and an index on
+    # this column made that update 3x slower. Rows are found by tenant and time instead
+    # (``usage_unbilled`` for unbilled ones; ``Invoice.billed_from`` bounds an invoice's).
     invoice = models.ForeignKey(
-        "billing.Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records"
+        "billing.Invoice",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="usage_records",
+        db_index=False,
     )
     usage_estimated = models.BooleanField(
         default=False, help_text="The upstream reported no usage (e.g. a cut stream); tokens were counted by Tollway."
@@ -169,7 +178,14 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_time")]
+        constraints = [models.UniqueConstraint(fields=["request_id"], name="usage_request_id_unique")]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
+            # Only the rows no invoice has taken yet: this month's, and late ones.
+            models.Index(
+                fields=["tenant", "created_at"], condition=models.Q(invoice__isnull=True), name="usage_unbilled"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.request_id
@@ -328,6 +344,9 @@ class Invoice(models.Model):
     number = models.CharField(max_length=32, unique=True, null=True, blank=True, help_text="Assigned at finalisation")
     currency = models.CharField(max_length=3, default="USD")
     grace_until = models.DateTimeField(help_text="Late usage lands on the draft until then; then it is finalised")
+    billed_from = models.DateTimeField(
+        null=True, blank=True, help_text="The earliest ledger row it bills (before period_start when it has late ones)"
+    )
     subtotal_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0)
     credits_applied_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0)
     total_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0)

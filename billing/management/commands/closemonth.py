@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing.invoicing import InvoicingError, month_close, period_parse
+from billing.invoicing import InvoicingError, invoice_rows, month_close, period_parse
 from billing.models import Invoice
 from tenants.models import Tenant
 
@@ -42,7 +42,7 @@ class Command(BaseCommand):
         def progress(done: int, who: Tenant, invoice: Invoice | None) -> None:
             nonlocal rows
             if invoice is not None and (invoice.is_draft or finalize):
-                rows += invoice.usage_records.count()
+                rows += invoice_rows(invoice).count()
             if done % every == 0 or done == total or tenant:
                 elapsed = max(time.monotonic() - started, 1e-9)
                 what = "nothing to bill" if invoice is None else f"{invoice} ${invoice.total_usd} ({invoice.status})"
