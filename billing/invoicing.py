@@ -24,15 +24,17 @@ ledger sum only by the per-line rounding (at most half a cent per usage line).
 from __future__ import annotations
 
 import re
+import threading
 import zoneinfo
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
@@ -107,6 +109,7 @@ def invoice_draft(*, tenant: Tenant, period: str, now: datetime | None = None) -
     if bounds.end > now:
         raise InvoicingError(f"{period} is not over yet for {tenant.slug} (it ends {bounds.end:%Y-%m-%d %H:%M} UTC).")
     with transaction.atomic():
+        _commit_without_waiting()
         locks.tenant_for_invoicing(tenant.pk)
         invoice = Invoice.objects.filter(tenant=tenant, period=period).exclude(status=Invoice.Status.VOID).first()
         if invoice is not None and not invoice.is_draft:
@@ -137,6 +140,14 @@ def invoice_rows(invoice: Invoice) -> QuerySet[UsageRecord]:
         created_at__lt=invoice.period_end,
         invoice=invoice,
     )
+
+
+def _commit_without_waiting() -> None:
+    """A draft is derived data, rebuilt by the next refresh: its commit need not wait for
+    the WAL flush (a crash loses at most a just-made draft, never a number)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
 
 
 def _bill_rows(invoice: Invoice) -> int:
@@ -321,7 +332,7 @@ def invoice_void(*, invoice: Invoice, reason: str, reissue: bool = True, now: da
             period=locked.period,
             period_start=locked.period_start,
             period_end=locked.period_end,
-            grace_until=now,  # the month is long closed: finalise as soon as it is checked
+            grace_until=now + grace(),  # time to check it; finance may finalise it sooner
             currency=locked.currency,
             replaces=locked,
             billed_from=locked.billed_from,
@@ -341,7 +352,6 @@ class CloseResult:
     drafted: int = 0
     finalized: int = 0
     skipped: int = 0
-    rows: int = 0
 
 
 def month_close(
@@ -351,25 +361,48 @@ def month_close(
     finalize: bool = False,
     now: datetime | None = None,
     progress: Callable[[int, Tenant, Invoice | None], None] | None = None,
+    workers: int = 1,
 ) -> CloseResult:
     """Draft (and with ``finalize``, finalise) each tenant's invoice for ``period`` (default:
-    each tenant's previous month in its own zone). Safe to re-run: see :func:`invoice_draft`."""
+    each tenant's previous month in its own zone). Safe to re-run: see :func:`invoice_draft`.
+
+    With ``workers`` > 1, tenants are closed by that many threads, each with its own
+    database connection; tenants are independent, and numbering is serialised by its lock.
+    """
     now = now or timezone.now()
     result = CloseResult()
-    for tenant in tenants if tenants is not None else Tenant.objects.order_by("pk"):
+    guard = threading.Lock()
+
+    def close(tenant: Tenant) -> None:
         label = period or previous_period_label(tz_name=tenant.timezone, now=now)
         invoice = invoice_draft(tenant=tenant, period=label, now=now)
-        result.tenants += 1
-        if invoice is None or not invoice.is_draft:
-            result.skipped += 1
-        else:
-            result.drafted += 1
-            result.rows += invoice_rows(invoice).count() if progress else 0
-            if finalize:
-                invoice = invoice_finalize(invoice=invoice, now=now)
-                result.finalized += 1
-        if progress:
-            progress(result.tenants, tenant, invoice)
+        drafted = invoice is not None and invoice.is_draft
+        if drafted and finalize:
+            assert invoice is not None
+            invoice = invoice_finalize(invoice=invoice, now=now)
+        with guard:
+            result.tenants += 1
+            result.drafted += drafted
+            result.finalized += drafted and finalize
+            result.skipped += not drafted
+            if progress:
+                progress(result.tenants, tenant, invoice)
+
+    todo = list(tenants if tenants is not None else Tenant.objects.order_by("pk"))
+    if workers <= 1:
+        for tenant in todo:
+            close(tenant)
+        return result
+
+    def run(chunk: list[Tenant]) -> None:
+        try:
+            for tenant in chunk:
+                close(tenant)
+        finally:
+            connection.close()  # this thread's own connection
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(run, [todo[i::workers] for i in range(workers)]))  # re-raises a worker's error
     return result
 
 

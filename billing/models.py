@@ -120,7 +120,10 @@ class UsageRecord(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # Indexed by usage_tenant_time (tenant first); a second index would only slow every write.
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records", db_index=False)
-    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records")
+    # No index: keys are never deleted (revoked instead), and reads go by tenant and time.
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.PROTECT, null=True, blank=True, related_name="usage_records", db_index=False
+    )
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="usage_records")
     provider = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200)

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 from django.db import close_old_connections, connection
 
-from billing.invoicing import InvoicingError, invoice_draft, invoice_finalize, to_cents
+from billing.invoicing import InvoicingError, invoice_draft, invoice_finalize, month_close, to_cents
 from billing.models import Invoice, InvoiceCounter, Model
 from billing.pricing import TokenUsage
 from tenants import services
@@ -25,7 +25,7 @@ INVOICES = 48
 NOW = datetime(2026, 11, 10, tzinfo=UTC)
 
 
-def drafts(count: int) -> list[Invoice]:
+def drafts(count: int, *, draft: bool = True) -> list[Invoice]:
     model = Model.objects.create(name="gpt-4.1")
     made = []
     for i in range(count):
@@ -37,6 +37,8 @@ def drafts(count: int) -> list[Invoice]:
             price=snapshot("8", "32"),
             usage=TokenUsage(input_tokens=1_000 * (i + 1), output_tokens=0),
         ).save()
+        if not draft:
+            continue
         invoice = invoice_draft(tenant=tenant, period="2026-10", now=NOW)
         assert invoice is not None
         made.append(invoice)
@@ -86,3 +88,14 @@ def test_concurrent_finalisation_numbers_are_gapless_and_unique() -> None:
     assert sorted(Invoice.objects.values_list("total_usd", flat=True)) == sorted(
         to_cents(Decimal(8 * (i + 1)) / 1000) for i in range(INVOICES)
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_month_close_with_worker_threads_numbers_every_tenant_once() -> None:
+    drafts(20, draft=False)  # ledger rows only
+
+    result = month_close(period="2026-10", finalize=True, now=NOW, workers=4)
+
+    assert (result.tenants, result.drafted, result.finalized) == (20, 20, 20)
+    numbers = sorted(str(n) for n in Invoice.objects.values_list("number", flat=True))
+    assert numbers == [f"TW-2026-{n:06d}" for n in range(1, 21)]

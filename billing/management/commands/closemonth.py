@@ -23,8 +23,9 @@ class Command(BaseCommand):
         parser.add_argument("period", help="The billing month, YYYY-MM (in each tenant's time zone)")
         parser.add_argument("--tenant", help="Only this tenant (its slug)")
         parser.add_argument("--finalize", action="store_true", help="Finalise the drafts now: number and freeze them")
+        parser.add_argument("--workers", type=int, default=1, help="Close this many tenants at once (threads)")
 
-    def handle(self, *args: Any, period: str, tenant: str | None, finalize: bool, **options: Any) -> None:
+    def handle(self, *args: Any, period: str, tenant: str | None, finalize: bool, workers: int, **options: Any) -> None:
         try:
             period_parse(period)
         except ValueError as exc:
@@ -52,7 +53,9 @@ class Command(BaseCommand):
                 )
 
         try:
-            result = month_close(period=period, tenants=tenants.iterator(), finalize=finalize, progress=progress)
+            result = month_close(
+                period=period, tenants=tenants, finalize=finalize, progress=progress, workers=max(workers, 1)
+            )
         except InvoicingError as exc:
             raise CommandError(str(exc)) from None
         elapsed = time.monotonic() - started
