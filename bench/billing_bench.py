@@ -146,7 +146,7 @@ def main() -> None:
     result = month_close(period=month.label, finalize=True, now=now, workers=args.workers)
     close_s = time.monotonic() - t0
     print(
-        f"month close {month.label} with finalisation, {args.workers} workers: {result.finalized} invoices, "
+        f"month close {month.label} with finalisation (workers={args.workers}): {result.finalized} invoices, "
         f"{args.rows:,} rows in "
         f"{close_s:.1f}s ({args.rows / close_s:,.0f} rows/s)"
     )

@@ -115,6 +115,8 @@ def invoice_draft(*, tenant: Tenant, period: str, now: datetime | None = None) -
         if invoice is not None and not invoice.is_draft:
             return invoice  # closing a month twice is a no-op
         created = invoice is None
+        if created and bounds.end <= tenant.created_at and not _has_unbilled(tenant, bounds.end):
+            return None  # the tenant did not exist that month: no platform fee for it
         if invoice is None:
             invoice = Invoice.objects.create(
                 tenant=tenant,
@@ -140,6 +142,10 @@ def invoice_rows(invoice: Invoice) -> QuerySet[UsageRecord]:
         created_at__lt=invoice.period_end,
         invoice=invoice,
     )
+
+
+def _has_unbilled(tenant: Tenant, before: datetime) -> bool:
+    return UsageRecord.objects.filter(tenant=tenant, invoice__isnull=True, created_at__lt=before).exists()
 
 
 def _commit_without_waiting() -> None:

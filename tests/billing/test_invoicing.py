@@ -270,3 +270,17 @@ def test_pdf_looks_like_an_invoice_and_csvs_add_up(tenant: Tenant, models: dict[
     assert sum(Decimal(row.rsplit(",", 1)[1]) for row in lines[1:-1]) == Decimal(lines[-1].rsplit(",", 1)[1])
     month = invoices_csv(Invoice.objects.filter(period="2026-10")).splitlines()
     assert month[1].startswith(f"{invoice.number},finalized,acme,Acme Corp,2026-10")
+
+
+def test_the_minimum_is_charged_for_an_idle_month_but_not_before_the_tenant_existed(tenant: Tenant) -> None:
+    Account.objects.create(tenant=tenant, plan=Plan.objects.create(name="Team", monthly_minimum_usd=Decimal("20")))
+    # created after October (the fixture's tenant is created now): nothing for October
+    Tenant.objects.filter(pk=tenant.pk).update(created_at=NOV + timedelta(days=5))
+    tenant.refresh_from_db()
+    assert invoice_draft(tenant=tenant, period="2026-10", now=AFTER_GRACE) is None
+    # a tenant that existed in October and used nothing owes the platform fee
+    Tenant.objects.filter(pk=tenant.pk).update(created_at=OCT - timedelta(days=40))
+    tenant.refresh_from_db()
+    invoice = invoice_draft(tenant=tenant, period="2026-10", now=AFTER_GRACE)
+    assert invoice is not None and invoice.total_usd == Decimal("20.00")
+    assert [line.kind for line in invoice.lines.all()] == ["platform_fee"]
