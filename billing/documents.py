@@ -30,8 +30,8 @@ def money(amount: Decimal) -> str:
 def rate(value: Decimal | None) -> str:
     if value is None:
         return ""
-    text = f"{value:.6f}".rstrip("0")
-    return "$" + (text + "00" if text.endswith(".") else text)
+    whole, _, fraction = f"{value:.6f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"  # $9.20, $0.075, $2.00
 
 
 def tokens(value: int) -> str:

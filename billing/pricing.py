@@ -77,7 +77,7 @@ def cost_of(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
 
 
 def markup_factor(markup_percent: Decimal) -> Decimal:
-    return 1 + markup_percent / 100
+    return 1 + Decimal(markup_percent) / 100  # Decimal(): an int percent must not become a float
 
 
 @dataclass(frozen=True)
