@@ -131,3 +131,40 @@ def test_tasks_run_end_to_end_and_rerun_safely(
     with django_capture_on_commit_callbacks() as callbacks:
         tasks.enqueue(tasks.usage_rollups, after_tenant_id=0)
     assert len(callbacks) == 1  # held until the transaction commits
+
+
+def test_every_beat_entry_names_a_registered_task() -> None:
+    from django.conf import settings
+
+    from config.celery import app
+
+    app.loader.import_default_modules()
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        assert entry["task"] in app.tasks, name
+    for task in ("billing.rollups", "billing.close_months", "billing.sweep_invoices", "billing.monthly_reports"):
+        assert task in {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+
+def test_statement_lists_usage_per_model_and_the_invoice(tenant: Tenant, catalog: Catalog) -> None:
+    from billing.invoicing import invoice_draft
+    from billing.reports import statement_build
+
+    for name in ("gpt-4.1", "deepseek-v3"):
+        usage_row(
+            tenant=tenant,
+            model=catalog.models[name],
+            at=datetime(2026, 10, 2, tzinfo=UTC),
+            price=snapshot("8", "32"),
+            usage=TokenUsage(input_tokens=1_000_000, output_tokens=0),
+        ).save()
+    invoice_draft(tenant=tenant, period="2026-10", now=datetime(2026, 11, 2, tzinfo=UTC))
+    report = statement_build(tenant=tenant, period="2026-10")
+    assert report.csv.splitlines() == [
+        "model,requests,input_tokens,cached_input_tokens,output_tokens,cost_usd",
+        "deepseek-v3,1,1000000,0,0,8.000000000",
+        "gpt-4.1,1,1000000,0,0,8.000000000",
+        "TOTAL,2,2000000,0,0,16.000000000",
+    ]
+    assert "Invoice draft acme 2026-10: $16.00 (draft)" in report.html
+    assert statement_build(tenant=tenant, period="2026-10").pk != report.pk  # rebuilt, replaced
+    assert Report.objects.count() == 1
