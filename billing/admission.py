@@ -53,6 +53,10 @@ _COUNTER_TTL = 45 * 24 * 3600  # a month's counters outlive the month
 # The clock; tests replace it (as DRF's SimpleRateThrottle.timer).
 clock: Callable[[], float] = time.time
 
+# After Redis fails, admission uses the fallback for this long before trying Redis again.
+REDIS_RETRY_SECONDS = 5.0
+_redis_down_until = 0.0
+
 
 def to_micro(amount: Decimal) -> int:
     """USD to integer micro-dollars, rounded up: a reservation never holds too little."""
@@ -289,11 +293,17 @@ def admit(ask: Ask) -> Admission:
     if not settings.REDIS_URL:
         _local_rate_limits(ask, now)
         return _admit_postgres(ask, month, start, end) if ask.has_money_cap else _none(ask, month)
+    global _redis_down_until
     try:
+        if time.monotonic() < _redis_down_until:
+            raise RedisError("marked down after a recent failure")
         return _admit_redis(ask, now, month, start, end)
     except RedisError as exc:
         policy = settings.TOLLWAY["LIMITS_ON_REDIS_ERROR"]
-        log.error("admission: Redis unreachable (%r); policy %s", exc, policy)
+        if time.monotonic() >= _redis_down_until:
+            # Stop waiting on a dead Redis for a while: every request would pay its timeouts.
+            _redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+            log.error("admission: Redis unreachable (%r); policy %s for %ss", exc, policy, REDIS_RETRY_SECONDS)
         if policy == "closed":
             raise UpstreamError(
                 "Tollway cannot check limits right now; retry shortly.", code=ErrorCode.LIMITS_UNAVAILABLE, status=503

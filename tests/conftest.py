@@ -19,6 +19,7 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
+from billing import admission
 from billing.models import Model, Price
 from proxy.models import Deployment, Provider
 from proxy.route import listings, routes
@@ -122,6 +123,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
     cache.clear()
     activity.forget_local()
+    monkeypatch.setattr(admission, "_redis_down_until", 0.0)
     for tier in (principals, routes, listings):
         tier.clear_local()
     yield

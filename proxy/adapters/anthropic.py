@@ -277,7 +277,9 @@ class _Stream(UpstreamStream):
                 yield chunk({"role": "assistant", "content": ""})
             elif kind == "content_block_start":
                 block = event.get("content_block") or {}
-                if block.get("type") == "tool_use":
+                if block.get("type") == "text" and block.get("text"):
+                    yield chunk({"content": block["text"]})
+                elif block.get("type") == "tool_use":
                     index = tool_index.setdefault(event.get("index", 0), len(tool_index))
                     yield chunk(
                         {
@@ -318,7 +320,8 @@ class _Stream(UpstreamStream):
                     f"The upstream provider failed mid-stream: {str(error.get('message') or 'unknown error')[:500]}",
                     code=ErrorCode.UPSTREAM_OVERLOADED if overloaded else ErrorCode.UPSTREAM_UNAVAILABLE,
                 )
-            # ping and unknown future events are skipped, as Anthropic's versioning policy asks.
+            # ping, thinking deltas and unknown future events are skipped, as Anthropic's
+            # versioning policy asks; thinking is still counted in output_tokens.
         raise cut_short()
 
 

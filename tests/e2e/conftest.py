@@ -1,4 +1,4 @@
-"""Live-server helpers: gunicorn as production runs it, on the test database, and the SDK."""
+"""Fixtures for tests that start real gunicorn servers."""
 
 from __future__ import annotations
 
@@ -29,22 +29,20 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
     return proc, base
 
 
-def serve_test_db(**extra: str) -> tuple[subprocess.Popen[Any], str]:
-    """gunicorn on the test database and Redis; the data must be committed (transactional_db)."""
+@pytest.fixture
+def production_env(transactional_db: None) -> dict[str, str]:
+    """The production profile on the test database and Redis. Tests using it commit their
+    data (transactional_db), so the servers can see it."""
     db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    return serve(
-        {
-            "PATH": os.environ["PATH"],
-            "DATABASE_URL": database_url,
-            "REDIS_URL": settings.REDIS_URL,
-            "SECRET_KEY": "live-test-secret",
-            "DEBUG": "0",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            UPSTREAM_KEY_ENV: UPSTREAM_KEY,
-            **extra,
-        }
-    )
+    return {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "SECRET_KEY": "live-test-secret",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+    }
 
 
 @pytest.fixture

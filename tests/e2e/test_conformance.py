@@ -19,7 +19,7 @@ from proxy import mockgen
 from proxy.models import Provider
 from tenants import services
 from tests.conftest import UPSTREAM_KEY, Catalog, Upstream, stop
-from tests.e2e.conftest import serve_test_db
+from tests.e2e.conftest import serve
 
 pytestmark = pytest.mark.live
 
@@ -76,7 +76,7 @@ ERROR_MODELS = {
 
 @pytest.fixture
 def gateway(
-    transactional_db: None,
+    production_env: dict[str, str],
     catalog: Catalog,
     mock_upstream: Upstream,
     anthropic_upstream: Upstream,
@@ -113,7 +113,7 @@ def gateway(
         add(f"gpt-error-{status}", mock_upstream, f"mock-error-{status}")
         add(f"claude-error-{status}", anthropic_upstream, f"mock-error-{status}", kind=anthropic)
         add(f"gemini-error-{status}", gemini_upstream, f"mock-error-{status}", kind=gemini)
-    proc, base = serve_test_db()
+    proc, base = serve(production_env)
     try:
         yield base
     finally:

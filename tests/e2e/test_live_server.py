@@ -17,43 +17,14 @@ import httpx
 import openai
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from billing.models import UsageRecord
 from tenants import services
 from tenants.models import Tenant
-from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Catalog, Upstream, free_port, stop, wait_for_http
+from tests.conftest import ROOT, Catalog, Upstream, stop
+from tests.e2e.conftest import serve
 
 pytestmark = pytest.mark.live
-
-
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
-    """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
-        cwd=ROOT,
-        env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/health", proc=proc)
-    return proc, base
-
-
-@pytest.fixture
-def production_env(transactional_db: None) -> dict[str, str]:
-    """The production profile on the test database and Redis. Tests using it commit their
-    data (transactional_db), so the servers can see it."""
-    db = connection.settings_dict
-    return {
-        "PATH": os.environ["PATH"],
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "SECRET_KEY": "live-test-secret",
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
-    }
 
 
 @pytest.fixture
@@ -76,20 +47,6 @@ def replicas(production_env: dict[str, str], catalog: Catalog) -> Iterator[list[
     finally:
         for proc, _ in started:
             stop(proc)
-
-
-@pytest.fixture
-def sdk() -> Iterator[Any]:
-    """Make openai SDK clients; closed afterwards so no idle keep-alive delays shutdown."""
-    clients: list[openai.OpenAI] = []
-
-    def make(base: str, key: str) -> openai.OpenAI:
-        clients.append(openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=30))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 def test_sdk_completion_and_stream_are_priced_and_recorded(live: str, key: services.CreatedKey, sdk: Any) -> None:

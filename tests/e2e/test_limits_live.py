@@ -1,0 +1,169 @@
+"""Limits hold across processes: real gunicorn servers sharing Postgres and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db.models import Sum
+
+from billing import admission
+from billing.models import UsageRecord
+from billing.pricing import PriceSnapshot, TokenUsage, cost_of
+from proxy import tokens
+from tenants.models import Tenant
+from tests.conftest import Catalog, stop, user
+from tests.e2e.conftest import serve
+
+pytestmark = pytest.mark.live
+
+MESSAGES = user("Concurrency, please.")
+BODY = {"model": "gpt-4.1", "messages": MESSAGES, "max_tokens": 1000}
+
+
+def reservation() -> Decimal:
+    prompt = max(tokens.prompt_tokens(MESSAGES), len(json.dumps(MESSAGES)) // 3)
+    return cost_of(TokenUsage(prompt, 1000), PriceSnapshot(Decimal(8), Decimal(32), None))  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["redis"])
+def slow_replicas(request: Any, production_env: dict[str, str], catalog: Catalog) -> Iterator[list[Any]]:
+    """Two gunicorn servers whose mock provider takes 1.5 s to answer, so calls overlap.
+    With ``postgres``, the servers have no Redis, so budgets hold through row locks."""
+    env = {**production_env, "WEB_CONCURRENCY": "1", "TOLLWAY_MOCK_LATENCY_MS": "1500"}
+    if request.param == "postgres":
+        env.pop("REDIS_URL")
+    started = [serve(env) for _ in range(2)]
+    try:
+        yield started
+    finally:
+        for proc, _ in started:
+            stop(proc)
+
+
+def fire(bases: list[str], token: str, count: int, body: dict[str, Any]) -> list[httpx.Response]:
+    """``count`` requests at once, alternating between the replicas."""
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(count)
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=bases[i % len(bases)], timeout=30) as client:
+            barrier.wait()
+            response = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"})
+            with lock:
+                results.append(response)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+@pytest.mark.parametrize("slow_replicas", ["redis", "postgres"], indirect=True)
+def test_budget_is_never_overspent_under_concurrency(slow_replicas: list[Any], tenant: Tenant, make_key: Any) -> None:
+    # given a budget that admits exactly K of these calls at once
+    budget = Decimal("0.10")
+    fits = int(budget // reservation())
+    assert fits == 3
+    tenant.monthly_budget_usd = budget
+    tenant.save()
+    key = make_key(tenant)
+
+    # when 50 arrive at the same moment, across two server processes
+    results = fire([base for _, base in slow_replicas], key.plaintext, 50, BODY)
+
+    # then at most K are admitted; the rest are told the quota is gone, not to retry
+    statuses = Counter(r.status_code for r in results)
+    assert sum(statuses.values()) == 50
+    assert 1 <= statuses[200] <= fits, statuses
+    refused = [r for r in results if r.status_code == 429]
+    assert len(refused) == 50 - statuses[200]
+    assert all(r.json()["error"]["type"] == "insufficient_quota" for r in refused)
+    assert all(r.headers["x-should-retry"] == "false" for r in refused)
+    spent = UsageRecord.objects.aggregate(s=Sum("cost"))["s"]
+    assert UsageRecord.objects.count() == statuses[200]
+    assert spent <= budget
+
+
+def test_rpm_admits_exactly_n_across_processes(slow_replicas: list[Any], tenant: Tenant, make_key: Any) -> None:
+    key = make_key(tenant, rpm_limit=7)
+    if time.time() % 60 > 45:  # keep the burst inside one minute window
+        time.sleep(61 - time.time() % 60)
+    results = fire([base for _, base in slow_replicas], key.plaintext, 20, {"model": "gpt-4.1", "messages": user("hi")})
+    statuses = Counter(r.status_code for r in results)
+    assert statuses == {200: 7, 429: 13}, statuses
+    assert all(
+        r.json()["error"]["type"] == "requests" and r.headers["Retry-After"] for r in results if r.status_code == 429
+    )
+
+
+def worker_pids(master: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_killed_worker_leaves_a_reservation_the_sweeper_bills(
+    slow_replicas: list[Any], tenant: Tenant, make_key: Any
+) -> None:
+    tenant.monthly_budget_usd = Decimal("1.00")
+    tenant.save()
+    key = make_key(tenant)
+    (proc, base), _ = slow_replicas
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(
+                httpx.post(
+                    f"{base}/v1/chat/completions",
+                    json=BODY,
+                    headers={"Authorization": f"Bearer {key.plaintext}"},
+                    timeout=30,
+                )
+            )
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    redis = admission._redis()
+    deadline = time.monotonic() + 5
+    while not redis.zcard(admission.DEADLINES) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert redis.zcard(admission.DEADLINES) == 1, "the call holds a reservation"
+
+    # when the worker dies mid-request
+    for pid in worker_pids(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    thread.join(30)
+    assert not UsageRecord.objects.exists()
+    assert admission.reserved_total(tenant.pk) > 0
+
+    # then the sweeper, after the deadline, bills it from the reservation, as an estimate
+    assert admission.sweep(now=time.time() + settings.TOLLWAY["RESERVATION_SECONDS"] + 1) == 1
+    row = UsageRecord.objects.get()
+    assert row.outcome == UsageRecord.Outcome.RESERVATION_EXPIRED and row.usage_estimated
+    assert row.cost == reservation()
+    assert admission.reserved_total(tenant.pk) == 0
+    assert admission.sweep(now=time.time() + 10_000) == 0
