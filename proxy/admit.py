@@ -12,9 +12,9 @@ import json
 
 from django.conf import settings
 
-from billing.admission import Admission, Ask, Limits
+from billing.admission import Admission, Ask, Limits, account_of
 from billing.admission import admit as take
-from billing.pricing import TokenUsage, cost_of
+from billing.pricing import TokenUsage, charge_of
 from config.errors import InvalidRequest
 from proxy import tokens
 from proxy.meter import Call
@@ -45,6 +45,7 @@ def prompt_estimate(call: Call) -> int:
 def admit(call: Call) -> Admission:
     principal, route = call.principal, call.route
     usage = TokenUsage(input_tokens=prompt_estimate(call), output_tokens=max_output(call))
+    markup = account_of(principal.tenant_pk).markup_for(route.entry.model_pk)  # reserve the tenant's price
     ask = Ask(
         request_id=call.request_id,
         tenant_id=principal.tenant_pk,
@@ -52,7 +53,7 @@ def admit(call: Call) -> Admission:
         tenant_limits=Limits(principal.tenant_rpm_limit, principal.tenant_tpm_limit, principal.tenant_max_concurrent),
         key_limits=Limits(principal.rpm_limit, principal.tpm_limit, principal.max_concurrent),
         tokens=usage.input_tokens + usage.output_tokens,
-        amount=cost_of(usage, route.price),
+        amount=charge_of(usage, route.price, markup_percent=markup).cost,
         tenant_budget=principal.tenant_monthly_budget_usd,
         key_budget=principal.monthly_budget_usd,
         timezone=principal.tenant_timezone,
@@ -65,6 +66,8 @@ def admit(call: Call) -> Admission:
             "input_price": str(route.price.input_per_mtok),
             "output_price": str(route.price.output_per_mtok),
             "price_from": route.price.effective_from.isoformat(),
+            "request_fee": str(route.price.request_fee),
+            "markup_percent": str(markup),
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "streamed": call.chat.stream,

@@ -73,6 +73,8 @@ def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> U
         streamed=call.chat.stream,
         outcome=outcome,
         latency_ms=int((time.monotonic() - call.started) * 1000),
+        # The plan's markup, from the cached account snapshot (no query with warm caches).
+        markup_percent=limits.account_of(call.principal.tenant_pk).markup_for(call.route.entry.model_pk),
     )
 
 
