@@ -113,12 +113,31 @@ class Admission:
 
 @dataclass(frozen=True)
 class AccountSnapshot:
+    """How a tenant pays and what its plan adds to list price: read on every call, so cached."""
+
     prepaid: bool
+    markup_percent: Decimal = Decimal(0)
+    model_markups: tuple[tuple[int, Decimal], ...] = ()
+
+    def markup_for(self, model_pk: int) -> Decimal:
+        for pk, markup in self.model_markups:
+            if pk == model_pk:
+                return markup
+        return self.markup_percent
 
 
 def _load_account(tenant_id: str) -> AccountSnapshot:
-    account = Account.objects.filter(tenant_id=int(tenant_id)).first()
-    return AccountSnapshot(prepaid=bool(account and account.prepaid))
+    account = Account.objects.filter(tenant_id=int(tenant_id)).select_related("plan").first()
+    if account is None:
+        return AccountSnapshot(prepaid=False)
+    plan = account.plan
+    if plan is None:
+        return AccountSnapshot(prepaid=account.prepaid)
+    return AccountSnapshot(
+        prepaid=account.prepaid,
+        markup_percent=plan.markup_percent,
+        model_markups=tuple(plan.model_markups.values_list("model_id", "markup_percent")),
+    )
 
 
 accounts: TieredCache[AccountSnapshot] = TieredCache("tw:acct", _load_account)

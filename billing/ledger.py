@@ -11,7 +11,7 @@ from typing import Any
 from django.db import connection
 
 from billing.models import UsageRecord
-from billing.pricing import PriceSnapshot, TokenUsage, cost_of
+from billing.pricing import PriceSnapshot, TokenUsage, charge_of
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,7 @@ class UsageEntry:
     attempts: int = 1
     requested_model: str = ""
     cache_hit: bool = False
-
-
-def entry_cost(entry: UsageEntry) -> Decimal:
-    """What ``entry`` costs the tenant: the one pricing rule the ledger and responses share."""
-    return cost_of(entry.usage, entry.price)
+    markup_percent: Decimal = Decimal(0)
 
 
 def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
@@ -45,7 +41,8 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
     One statement, ``INSERT … ON CONFLICT DO NOTHING`` on the request id, so a repeated
     call for the same request can never bill twice.
     """
-    cost = entry_cost(entry)
+    charge = charge_of(entry.usage, entry.price, markup_percent=entry.markup_percent)
+    cost = charge.cost
     row = UsageRecord(
         request_id=entry.request_id,
         created_at=entry.created_at,
@@ -62,7 +59,10 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
         output_price_per_mtok=entry.price.output_per_mtok,
         cached_input_price_per_mtok=entry.price.cached_input_rate,
         cache_write_price_per_mtok=entry.price.cache_write_rate,
+        request_fee=entry.price.request_fee,
+        markup_percent=entry.markup_percent,
         cost=cost,
+        upstream_cost=charge.upstream_cost,
         usage_estimated=entry.usage_estimated,
         streamed=entry.streamed,
         outcome=entry.outcome,
@@ -104,6 +104,7 @@ def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) ->
         input_per_mtok=Decimal(record["input_price"]),
         output_per_mtok=Decimal(record["output_price"]),
         effective_from=datetime.fromisoformat(record["price_from"]),
+        request_fee=Decimal(record.get("request_fee", "0")),
     )
     cost, inserted = usage_record_create(
         entry=UsageEntry(
@@ -120,6 +121,7 @@ def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) ->
             streamed=record["streamed"],
             outcome=UsageRecord.Outcome.RESERVATION_EXPIRED,
             latency_ms=0,
+            markup_percent=Decimal(record.get("markup_percent", "0")),
         )
     )
     if not inserted:

@@ -23,6 +23,7 @@ class PriceSnapshot:
     effective_from: datetime
     cached_input_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    request_fee: Decimal = Decimal(0)
 
     @property
     def cached_input_rate(self) -> Decimal:
@@ -60,15 +61,45 @@ def price_at(prices: Sequence[PriceSnapshot], when: datetime) -> PriceSnapshot |
     return None
 
 
-def cost_of(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
-    """USD for ``usage`` at ``price``, rounded half-up to 9 decimal places, once."""
-    raw = (
+def _list_raw(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
+    return (
         usage.uncached_input_tokens * price.input_per_mtok
         + usage.cached_input_tokens * price.cached_input_rate
         + usage.cache_write_tokens * price.cache_write_rate
         + usage.output_tokens * price.output_per_mtok
-    ) / MILLION
-    return raw.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
+    ) / MILLION + price.request_fee
+
+
+def cost_of(usage: TokenUsage, price: PriceSnapshot) -> Decimal:
+    """USD for ``usage`` at list ``price`` (per-request fee included), rounded half-up to 9
+    decimal places, once."""
+    return _list_raw(usage, price).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def markup_factor(markup_percent: Decimal) -> Decimal:
+    return 1 + Decimal(markup_percent) / 100  # Decimal(): an int percent must not become a float
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What a call costs the tenant (``cost``) and what it costs us at list price."""
+
+    cost: Decimal
+    upstream_cost: Decimal
+
+    @property
+    def margin(self) -> Decimal:
+        return self.cost - self.upstream_cost
+
+
+def charge_of(usage: TokenUsage, price: PriceSnapshot, *, markup_percent: Decimal = Decimal(0)) -> Charge:
+    """The tenant's price (list x (1 + markup/100)) and our list cost, each rounded once from
+    the exact amount, so neither inherits the other's rounding."""
+    raw = _list_raw(usage, price)
+    return Charge(
+        cost=(raw * markup_factor(markup_percent)).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
+        upstream_cost=raw.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
+    )
 
 
 def usd(amount: Decimal) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet, Sum
 
 from billing import admission
-from billing.models import Price, UsageRecord
+from billing.models import Model, Price, RollupState, UsageRecord, UsageRollup
 from billing.pricing import LEDGER_QUANTUM, PriceSnapshot, usd
-from tenants.models import Tenant
+from billing.rollups import ledger_by_day
+from tenants.models import ApiKey, Tenant
 
 
 def price_snapshots(*, model_id: int) -> list[PriceSnapshot]:
@@ -23,6 +25,7 @@ def price_snapshots(*, model_id: int) -> list[PriceSnapshot]:
             effective_from=p.effective_from,
             cached_input_per_mtok=p.cached_input_per_mtok,
             cache_write_per_mtok=p.cache_write_per_mtok,
+            request_fee=p.request_fee,
         )
         for p in prices
     ]
@@ -52,4 +55,76 @@ def tenant_money(tenant: Tenant) -> dict[str, Any]:
             "budget_remaining_usd": _usd(None if budget is None else max(budget - spent - reserved, Decimal(0))),
             "credit_balance_usd": _usd(admission.credit_balance(tenant.pk) if prepaid else None),
         }
+    }
+
+
+# --- usage, from rollups plus the live ledger ----------------------------------------------
+
+USAGE_FIELDS = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "cost")
+GROUPS = ("day", "model", "key")
+
+
+def usage_report(*, tenant: Tenant, start: date, end: date, group_by: str) -> dict[str, Any]:
+    """Usage between local days ``start`` and ``end`` (inclusive), grouped by day, model or key.
+
+    Days up to the tenant's ``RollupState.rolled_through`` come from the rollups; later days
+    (today, and any day not rolled up yet) are summed live from the ledger.
+    """
+    rolled_through = RollupState.objects.filter(tenant=tenant).values_list("rolled_through", flat=True).first()
+    groups: list[dict[str, Any]] = []
+    if rolled_through is not None and start <= rolled_through:
+        groups += list(
+            UsageRollup.objects.filter(tenant=tenant, day__gte=start, day__lte=min(end, rolled_through))
+            .values("day", "api_key_id", "model_id")
+            .annotate(**{f: Sum(f) for f in USAGE_FIELDS})
+            .order_by()
+        )
+    live_from = start if rolled_through is None else max(start, rolled_through + timedelta(days=1))
+    if live_from <= end:
+        groups += ledger_by_day(tenant, live_from, end)
+
+    def key_of(group: dict[str, Any]) -> Any:
+        return {"day": group["day"], "model": group["model_id"], "key": group["api_key_id"]}[group_by]
+
+    totals: dict[str, Any] = {f: 0 for f in USAGE_FIELDS}
+    merged: dict[Any, dict[str, Any]] = {}
+    for group in groups:
+        row = merged.setdefault(key_of(group), {f: 0 for f in USAGE_FIELDS})
+        for f in USAGE_FIELDS:
+            row[f] += group[f] or 0
+            totals[f] += group[f] or 0
+
+    labels: dict[Any, dict[str, Any]] = {}
+    if group_by == "model":
+        labels = {pk: {"model": name} for pk, name in Model.objects.filter(pk__in=merged).values_list("pk", "name")}
+    elif group_by == "key":
+        labels = {
+            pk: {"key_id": key_id, "key_name": name}
+            for pk, key_id, name in ApiKey.objects.filter(tenant=tenant, pk__in=[k for k in merged if k]).values_list(
+                "pk", "key_id", "name"
+            )
+        }
+
+    def label(k: Any) -> dict[str, Any]:
+        if group_by == "day":
+            return {"day": k.isoformat()}
+        return labels.get(k, {"key_id": None, "key_name": None} if group_by == "key" else {"model": None})
+
+    def money(row: dict[str, Any]) -> dict[str, Any]:
+        out = {f: row[f] for f in USAGE_FIELDS if f != "cost"}
+        out["cost_usd"] = usd(Decimal(row["cost"]).quantize(LEDGER_QUANTUM))
+        return out
+
+    data = [
+        {**label(k), **money(row)}
+        for k, row in sorted(merged.items(), key=lambda kv: [str(v) for v in label(kv[0]).values()])
+    ]
+    return {
+        "object": "usage",
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "group_by": group_by,
+        "timezone": tenant.timezone,
+        "data": data,
+        "totals": money(totals),
     }

@@ -1,12 +1,76 @@
-"""Celery tasks for billing. Tasks are interfaces: they call services and own retries."""
+"""Celery tasks for billing. Tasks are interfaces: they take ids, call services, own retries.
+
+Every task is safe to re-run and works in bounded batches: a task that has more to do
+enqueues its own next batch. Enqueue with :func:`enqueue`, which waits for the caller's
+transaction to commit, so a task never looks for rows that are not there yet.
+"""
 
 from __future__ import annotations
 
-from celery import shared_task
+from typing import Any
 
-from billing import admission
+from celery import shared_task
+from django.db import transaction
+from django.utils import timezone
+
+from billing import admission, invoicing, reports, rollups
+from tenants.models import Tenant
+
+BATCH = 200
+
+
+def enqueue(task: Any, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: task.delay(**kwargs))
 
 
 @shared_task(name="billing.sweep_reservations", ignore_result=True)
 def sweep_reservations() -> int:
     return admission.sweep()
+
+
+@shared_task(name="billing.rollups", ignore_result=True)
+def usage_rollups(after_tenant_id: int = 0) -> None:
+    cursor = rollups.rollups_run(after_tenant_id=after_tenant_id, batch=BATCH)
+    if cursor is not None:
+        enqueue(usage_rollups, after_tenant_id=cursor)
+
+
+@shared_task(name="billing.close_months", ignore_result=True, autoretry_for=(Exception,), max_retries=3)
+def close_months(after_tenant_id: int = 0) -> None:
+    """Draft each tenant's previous month (in its zone) once it is over; a no-op when drafted."""
+    tenants = list(Tenant.objects.filter(pk__gt=after_tenant_id).order_by("pk")[:BATCH])
+    invoicing.month_close(tenants=tenants)
+    if len(tenants) == BATCH:
+        enqueue(close_months, after_tenant_id=tenants[-1].pk)
+
+
+@shared_task(name="billing.sweep_invoices", ignore_result=True, autoretry_for=(Exception,), max_retries=3)
+def sweep_invoices() -> None:
+    """Finalise drafts past their grace period; refresh the others so late usage lands."""
+    finalized, refreshed = invoicing.drafts_sweep(batch=BATCH)
+    if finalized == BATCH or refreshed == BATCH:
+        enqueue(sweep_invoices)
+
+
+@shared_task(name="billing.finalize_invoice", ignore_result=True)
+def finalize_invoice(invoice_id: int) -> None:
+    from billing.models import Invoice
+
+    invoice = Invoice.objects.filter(pk=invoice_id, status=Invoice.Status.DRAFT).first()
+    if invoice is not None:
+        invoicing.invoice_finalize(invoice=invoice)
+
+
+@shared_task(name="billing.monthly_reports", ignore_result=True)
+def monthly_reports(period: str | None = None, after_tenant_id: int = 0) -> None:
+    """Statements for a batch of tenants, then the platform margin and invoice reports.
+    Rebuilding a report replaces it, so re-running is harmless."""
+    period = period or invoicing.previous_period_label(tz_name="UTC", now=timezone.now())
+    tenants = list(Tenant.objects.filter(pk__gt=after_tenant_id).order_by("pk")[:BATCH])
+    for tenant in tenants:
+        reports.statement_build(tenant=tenant, period=period)
+    if len(tenants) == BATCH:
+        enqueue(monthly_reports, period=period, after_tenant_id=tenants[-1].pk)
+        return
+    reports.margin_report_build(period=period)
+    reports.invoices_report_build(period=period)

@@ -132,6 +132,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "proxy.check_deployments",
         "schedule": env.float("TOLLWAY_HEALTH_CHECK_SECONDS", 60.0),
     },
+    # Billing: each run is idempotent and bounded, so a missed or doubled beat is harmless.
+    "usage-rollups": {"task": "billing.rollups", "schedule": 600.0},
+    "close-months": {"task": "billing.close_months", "schedule": 3600.0},
+    "sweep-invoices": {"task": "billing.sweep_invoices", "schedule": 900.0},
+    "monthly-reports": {"task": "billing.monthly_reports", "schedule": 6 * 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -208,6 +213,11 @@ TOLLWAY: dict[str, Any] = {
     "METRICS_ALLOWED_NETWORKS": env.list(
         "TOLLWAY_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     ),
+    # Hours after a billing month ends during which late usage still lands on its draft
+    # invoice; then the draft is finalised (numbered, immutable).
+    "INVOICE_GRACE_HOURS": env.int("TOLLWAY_INVOICE_GRACE_HOURS", 72),
+    # Who issues the invoices: the header of every invoice PDF.
+    "INVOICE_ISSUER": env.list("TOLLWAY_INVOICE_ISSUER", ["Tollway", "AI API gateway"]),
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),

@@ -13,6 +13,7 @@ v1: list[URLPattern | URLResolver] = [
     path("models", proxy_views.models_list, name="models"),
     path("models/<path:model>", proxy_views.model_detail, name="model-detail"),
     path("", include("tenants.urls")),
+    path("", include("billing.urls")),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
 ]
 

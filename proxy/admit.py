@@ -12,9 +12,9 @@ import json
 
 from django.conf import settings
 
-from billing.admission import Admission, Ask, Limits
+from billing.admission import Admission, Ask, Limits, account_of
 from billing.admission import admit as take
-from billing.pricing import PriceSnapshot, TokenUsage, cost_of
+from billing.pricing import PriceSnapshot, TokenUsage, charge_of
 from config.errors import InvalidRequest
 from proxy import tokens
 from proxy.meter import Call
@@ -54,6 +54,7 @@ def reserve_price(prices: list[PriceSnapshot]) -> PriceSnapshot:
         effective_from=first.effective_from,
         cached_input_per_mtok=max(p.cached_input_rate for p in prices),
         cache_write_per_mtok=max(p.cache_write_rate for p in prices),
+        request_fee=max(p.request_fee for p in prices),
     )
 
 
@@ -61,6 +62,9 @@ def admit(call: Call) -> Admission:
     principal, route = call.principal, call.route
     price = call.reserve_price or route.price
     usage = TokenUsage(input_tokens=prompt_estimate(call), output_tokens=max_output(call))
+    # Reserve the tenant's price: its plan's markup, the highest of any model that may serve.
+    account = account_of(principal.tenant_pk)
+    markup = max(account.markup_for(pk) for pk in call.plan_models or (route.entry.model_pk,))
     ask = Ask(
         request_id=call.request_id,
         tenant_id=principal.tenant_pk,
@@ -68,7 +72,7 @@ def admit(call: Call) -> Admission:
         tenant_limits=Limits(principal.tenant_rpm_limit, principal.tenant_tpm_limit, principal.tenant_max_concurrent),
         key_limits=Limits(principal.rpm_limit, principal.tpm_limit, principal.max_concurrent),
         tokens=usage.input_tokens + usage.output_tokens,
-        amount=cost_of(usage, price),
+        amount=charge_of(usage, price, markup_percent=markup).cost,
         tenant_budget=principal.tenant_monthly_budget_usd,
         key_budget=principal.monthly_budget_usd,
         timezone=principal.tenant_timezone,
@@ -81,6 +85,8 @@ def admit(call: Call) -> Admission:
             "input_price": str(price.input_per_mtok),
             "output_price": str(price.output_per_mtok),
             "price_from": price.effective_from.isoformat(),
+            "request_fee": str(price.request_fee),
+            "markup_percent": str(markup),
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "streamed": call.chat.stream,

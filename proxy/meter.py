@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from billing import admission as limits
 from billing.admission import Admission
-from billing.ledger import UsageEntry, entry_cost, usage_record_create
+from billing.ledger import UsageEntry, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage
 from proxy import observe, tokens
@@ -41,6 +41,7 @@ class Call:
     cache_hit: bool = False
     cache_key: str | None = None  # set when the response cache may keep this call's answer
     reserve_price: PriceSnapshot | None = None  # with fallbacks: the dearest price it may be served at
+    plan_models: tuple[int, ...] = ()  # the model and its fallbacks, for the reservation's markup
     # Monotonic timestamps for the metrics: overhead is the time not spent upstream.
     request_started: float = field(default_factory=time.monotonic)
     upstream_started: float | None = None
@@ -81,12 +82,9 @@ def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> U
         # A fallback model serves at its own price; the row also says what was asked for.
         requested_model=call.chat.model if call.chat.model != call.route.entry.name else "",
         cache_hit=call.cache_hit,
+        # The plan's markup, from the cached account snapshot (no query with warm caches).
+        markup_percent=limits.account_of(call.principal.tenant_pk).markup_for(call.route.entry.model_pk),
     )
-
-
-def quote(call: Call, usage: TokenUsage) -> Decimal:
-    """What ``record`` will charge for ``usage``, without writing anything."""
-    return entry_cost(_entry(call, usage, estimated=False, outcome=UsageRecord.Outcome.COMPLETED))
 
 
 def record(

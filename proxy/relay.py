@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -78,36 +78,13 @@ def json_response(call: meter.Call, completion: Completion) -> JsonResponse:
     if usage is None:
         text = " ".join(_choice_text(choice) for choice in body.get("choices") or [])
         usage, estimated = meter.estimate(call.chat, text), True
-    cost = meter.quote(call, usage)
+    # Metered before answering: a client that reads its usage right after sees this call.
+    cost = meter.record(call, usage, estimated=estimated)
     body["model"] = call.route.entry.name
     body["usage"] = usage_body(usage, cost, body.get("usage"), embeddings=call.chat.endpoint == EMBEDDINGS)
-    response = MeteredJsonResponse(body, meter=lambda: meter.record(call, usage, estimated=estimated))
+    response = JsonResponse(body)
     response[COST_HEADER] = usd(cost)
     return response
-
-
-class MeteredJsonResponse(JsonResponse):
-    """A JSON answer whose ledger row is written once it has been sent.
-
-    The WSGI server calls ``close()`` after the body is out, whether or not the client is
-    still there, so the client does not wait on the ledger insert and the settle. If the
-    worker dies in between, its reservation remains and the sweeper bills it, marked as
-    an estimate (``billing.admission.sweep``).
-    """
-
-    def __init__(self, data: Any, *, meter: Callable[[], Any], **kwargs: Any) -> None:
-        super().__init__(data, **kwargs)
-        self._meter: Callable[[], Any] | None = meter
-
-    def close(self) -> None:
-        meter, self._meter = self._meter, None
-        try:
-            if meter is not None:
-                meter()
-        except Exception:
-            log.exception("metering after the response failed; the sweeper will bill the reservation")
-        finally:
-            super().close()
 
 
 def stream_response(call: meter.Call, upstream: ChunkStream) -> StreamingHttpResponse:

@@ -114,6 +114,7 @@ def hit_route(route: Route, entry: dict[str, Any]) -> Route:
         effective_from=price.effective_from,
         cached_input_per_mtok=scaled(price.cached_input_per_mtok),
         cache_write_per_mtok=scaled(price.cache_write_per_mtok),
+        request_fee=price.request_fee * factor,
     )
     target = dataclasses.replace(
         route.target, provider_name=PROVIDER, upstream_model=str(entry.get("upstream_model", ""))

@@ -78,6 +78,7 @@ def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpR
         request_started=getattr(request, "started_at", time.monotonic()),
     )
     call.reserve_price = admit.reserve_price([price for _, price in picker.steps])
+    call.plan_models = tuple(entry.model_pk for entry, _ in picker.steps)
     admission = admit.admit(call)
 
     def attempt(call: meter.Call) -> HttpResponseBase:

@@ -9,7 +9,7 @@ import pytest
 
 from billing.ledger import UsageEntry, usage_record_create
 from billing.models import Model, UsageRecord
-from billing.pricing import PriceSnapshot, TokenUsage, cost_of, price_at
+from billing.pricing import PriceSnapshot, TokenUsage, charge_of, cost_of, price_at
 from tenants.models import Tenant
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -113,3 +113,20 @@ def test_ledger_row_keeps_cached_tokens_and_the_rates_applied(tenant: Tenant) ->
     assert (row.input_tokens, row.cached_input_tokens, row.cache_write_tokens) == (100, 40, 0)
     assert (row.cached_input_price_per_mtok, row.cache_write_price_per_mtok) == (Decimal("0.5"), Decimal("2"))
     assert row.cost == Decimal("0.000220000")  # (60 x 2 + 40 x 0.5 + 10 x 8) / 10^6
+
+
+def test_charge_applies_markup_and_fee_and_rounds_each_amount_once() -> None:
+    price = PriceSnapshot(
+        input_per_mtok=Decimal("3"),
+        output_per_mtok=Decimal("15"),
+        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+        request_fee=Decimal("0.0001"),
+    )
+    usage = TokenUsage(input_tokens=7, output_tokens=3)
+    charge = charge_of(usage, price, markup_percent=Decimal("12.5"))
+    list_raw = (7 * Decimal(3) + 3 * Decimal(15)) / 1_000_000 + Decimal("0.0001")  # 0.000166
+    assert charge.upstream_cost == list_raw.quantize(Decimal("1e-9"))
+    assert charge.cost == Decimal("0.000186750")  # 0.000166 x 1.125, exact at 9 places
+    assert charge.margin == charge.cost - charge.upstream_cost
+    # an int percent stays Decimal arithmetic (no float creeps in)
+    assert charge_of(usage, price, markup_percent=15).cost == Decimal("0.000190900")  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0003_cached_tokens_and_prices'),
+        ('billing', '0004_invoices_plans_rollups'),
     ]
 
     operations = [

@@ -1,0 +1,73 @@
+"""Ledger rows made fast: bulk inserts in batches, priced by the real pricing code."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from billing.models import Model, UsageRecord
+from billing.pricing import PriceSnapshot, TokenUsage, charge_of
+from tenants.models import ApiKey, Tenant
+
+BATCH = 5_000
+
+
+def usage_row(
+    *,
+    tenant: Tenant,
+    model: Model,
+    at: datetime,
+    price: PriceSnapshot,
+    usage: TokenUsage,
+    markup: Decimal = Decimal(0),
+    api_key: ApiKey | None = None,
+    provider: str = "mock",
+) -> UsageRecord:
+    charge = charge_of(usage, price, markup_percent=markup)
+    return UsageRecord(
+        request_id=uuid.uuid4().hex,
+        created_at=at,
+        tenant=tenant,
+        api_key=api_key,
+        model=model,
+        provider=provider,
+        upstream_model=model.name,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        input_price_per_mtok=price.input_per_mtok,
+        output_price_per_mtok=price.output_per_mtok,
+        cached_input_price_per_mtok=price.cached_input_rate,
+        cache_write_price_per_mtok=price.cache_write_rate,
+        request_fee=price.request_fee,
+        markup_percent=markup,
+        cost=charge.cost,
+        upstream_cost=charge.upstream_cost,
+        latency_ms=1,
+    )
+
+
+def random_usage(rng: random.Random) -> TokenUsage:
+    prompt = rng.randint(1, 20_000)
+    return TokenUsage(
+        input_tokens=prompt,
+        output_tokens=rng.randint(0, 4_000),
+        cached_input_tokens=rng.choice([0, 0, rng.randint(0, prompt)]),
+    )
+
+
+def save(rows: list[UsageRecord]) -> None:
+    for i in range(0, len(rows), BATCH):
+        UsageRecord.objects.bulk_create(rows[i : i + BATCH])
+
+
+def snapshot(input_: str, output: str, cached: str | None = None, fee: str = "0") -> PriceSnapshot:
+    return PriceSnapshot(
+        input_per_mtok=Decimal(input_),
+        output_per_mtok=Decimal(output),
+        effective_from=datetime(2000, 1, 1),
+        cached_input_per_mtok=Decimal(cached) if cached else None,
+        request_fee=Decimal(fee),
+    )
