@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from django.http import JsonResponse
 
 from config.errors import TollwayError, error_body
@@ -23,7 +23,7 @@ def sse_error_event(exc: TollwayError) -> bytes:
 
 
 def sse_event(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
@@ -55,7 +55,7 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
             f"The request body is larger than the {limit} bytes allowed.", code=ErrorCode.BODY_TOO_LARGE, status=413
         ) from None
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send valid JSON with Content-Type: application/json.",

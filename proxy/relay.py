@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from django.conf import settings
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
@@ -72,7 +73,7 @@ def _choice_text(choice: Any) -> str:
     return " ".join(parts)
 
 
-def json_response(call: meter.Call, completion: Completion) -> JsonResponse:
+def json_response(call: meter.Call, completion: Completion) -> HttpResponse:
     body = completion.body
     usage, estimated = completion.usage, False
     if usage is None:
@@ -82,7 +83,7 @@ def json_response(call: meter.Call, completion: Completion) -> JsonResponse:
     cost = meter.record(call, usage, estimated=estimated)
     body["model"] = call.route.entry.name
     body["usage"] = usage_body(usage, cost, body.get("usage"), embeddings=call.chat.endpoint == EMBEDDINGS)
-    response = JsonResponse(body)
+    response = HttpResponse(orjson.dumps(body), content_type="application/json")
     response[COST_HEADER] = usd(cost)
     return response
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from billing.pricing import TokenUsage
 from config.errors import ErrorCode, InvalidRequest, RateLimited, TollwayError, UpstreamError
@@ -162,7 +163,7 @@ def bad_event() -> UpstreamError:
 
 def load_event(payload: str) -> dict[str, Any]:
     try:
-        event = json.loads(payload)
+        event = orjson.loads(payload)  # every streamed chunk passes here: orjson is several times faster
     except ValueError:
         raise bad_event() from None
     if not isinstance(event, dict):
@@ -319,7 +320,7 @@ def post(target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
     request = client().build_request(
         "POST",
         url,
-        content=json.dumps(body).encode(),
+        content=orjson.dumps(body),
         headers={"Content-Type": "application/json", **headers},
         timeout=timeout,
     )
