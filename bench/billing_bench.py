@@ -102,7 +102,8 @@ def seed(rows: int, tenants: int, start: datetime, end: datetime) -> tuple[list[
             request_id, created_at, tenant_id, api_key_id, model_id, provider, upstream_model,
             input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
             input_price_per_mtok, output_price_per_mtok, cached_input_price_per_mtok, cache_write_price_per_mtok,
-            request_fee, markup_percent, cost, upstream_cost, usage_estimated, streamed, outcome, latency_ms
+            request_fee, markup_percent, cost, upstream_cost, usage_estimated, streamed, outcome, latency_ms,
+            attempts, requested_model, cache_hit
         )
         SELECT 'bench-' || n, %s::timestamptz + (random() * {seconds}) * interval '1 second',
                tenant_id, api_key_id, model_id, 'mock', 'mock-model',
@@ -110,7 +111,8 @@ def seed(rows: int, tenants: int, start: datetime, end: datetime) -> tuple[list[
                pin, pout, pin, pin, 0, 20,
                round((input_tokens * pin + output_tokens * pout) / 1000000 * 1.2, 9),
                round((input_tokens * pin + output_tokens * pout) / 1000000, 9),
-               false, false, 'completed', 100
+               false, false, 'completed', 100,
+               1, '', false
         FROM p
     """
     with connection.cursor() as cursor:
