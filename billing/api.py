@@ -22,7 +22,7 @@ from billing.rollups import local_today
 from billing.selectors import GROUPS, usage_report
 from billing.serializers import InvoiceOut, InvoiceSummaryOut
 from config.errors import InvalidRequest, NotFound
-from tenants.api import MAX_PAGE, ManageView
+from tenants.api import MAX_PAGE, ManageView, list_of, page_limit
 from tenants.models import Tenant
 
 MAX_USAGE_DAYS = 366
@@ -114,22 +114,10 @@ class InvoiceListView(InvoiceScopedView):
             OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE}, default 20"),
             OpenApiParameter("after", str, description="An invoice number: list the ones before it"),
         ],
-        responses=inline_serializer(
-            "InvoiceList",
-            {
-                "object": serializers.CharField(default="list"),
-                "data": InvoiceSummaryOut(many=True),
-                "has_more": serializers.BooleanField(),
-            },
-        ),
+        responses=list_of("InvoiceList", InvoiceSummaryOut(many=True)),
     )
     def get(self, request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", 20))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"Use a whole number from 1 to {MAX_PAGE}.", param="limit")
+        limit = page_limit(request)
         invoices = self.get_queryset().order_by("-pk")  # numbers are issued in pk order within a year
         period = request.query_params.get("period")
         if period:

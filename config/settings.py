@@ -107,7 +107,13 @@ if REDIS_URL:
                 "CLIENT_CLASS": "django_redis.client.DefaultClient",
                 "SOCKET_CONNECT_TIMEOUT": 2,
                 "SOCKET_TIMEOUT": 2,
-                "CONNECTION_POOL_KWARGS": {"max_connections": env.int("REDIS_MAX_CONNECTIONS", 100)},
+                # A bounded pool that makes a greenlet wait for a free connection, rather
+                # than fail at once, when a thousand requests want Redis together.
+                "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
+                "CONNECTION_POOL_KWARGS": {
+                    "max_connections": env.int("REDIS_MAX_CONNECTIONS", 100),
+                    "timeout": env.float("REDIS_POOL_TIMEOUT", 5.0),
+                },
                 # A Redis outage degrades the cache to misses (reads go to Postgres), never to a 500.
                 "IGNORE_EXCEPTIONS": True,
             },

@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import ErrorCode, NotFound, PermissionDenied
+from config.errors import ErrorCode, InvalidRequest, NotFound, PermissionDenied
 from tenants import selectors, services
 from tenants.auth import authenticate_request
 from tenants.extensions import tenant_detail_sections
@@ -102,6 +102,25 @@ class KeyScopedView(ManageView):
         return api_key
 
 
+def page_limit(request: Request) -> int:
+    """The ``limit`` query parameter of a list endpoint: 1 to MAX_PAGE, default 20."""
+    try:
+        limit = int(request.query_params.get("limit", 20))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"Use a whole number from 1 to {MAX_PAGE}.", param="limit")
+    return limit
+
+
+def list_of(name: str, item: serializers.Serializer) -> serializers.Serializer:
+    """The schema of an OpenAI-style list: ``{"object": "list", "data": [...], "has_more"}``."""
+    return inline_serializer(
+        name,
+        {"object": serializers.CharField(default="list"), "data": item, "has_more": serializers.BooleanField()},
+    )
+
+
 class KeyListView(KeyScopedView):
     @extend_schema(
         summary="List the tenant's API keys",
@@ -109,22 +128,10 @@ class KeyListView(KeyScopedView):
             OpenApiParameter("limit", int, description=f"1 to {MAX_PAGE}, default 20"),
             OpenApiParameter("after", str, description="A key id: list the keys created before it"),
         ],
-        responses=inline_serializer(
-            "ApiKeyList",
-            {
-                "object": serializers.CharField(default="list"),
-                "data": ApiKeyOut(many=True),
-                "has_more": serializers.BooleanField(),
-            },
-        ),
+        responses=list_of("ApiKeyList", ApiKeyOut(many=True)),
     )
     def get(self, request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", 20))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            raise serializers.ValidationError({"limit": [f"Use a whole number from 1 to {MAX_PAGE}."]})
+        limit = page_limit(request)
         keys = self.get_queryset()
         after = request.query_params.get("after")
         if after:
