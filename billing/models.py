@@ -130,10 +130,10 @@ class UsageRecord(models.Model):
     input_tokens = models.PositiveIntegerField(help_text="All prompt tokens, including the cached ones below")
     output_tokens = models.PositiveIntegerField(help_text="Completion tokens, reasoning included")
     cached_input_tokens = models.PositiveIntegerField(
-        default=0, help_text="Of input_tokens: read from the provider's prompt cache"
+        default=0, db_default=0, help_text="Of input_tokens: read from the provider's prompt cache"
     )
     cache_write_tokens = models.PositiveIntegerField(
-        default=0, help_text="Of input_tokens: written to the provider's prompt cache (Anthropic)"
+        default=0, db_default=0, help_text="Of input_tokens: written to the provider's prompt cache (Anthropic)"
     )
     input_price_per_mtok = models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)
     output_price_per_mtok = models.DecimalField(max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES)
@@ -145,10 +145,18 @@ class UsageRecord(models.Model):
         max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, null=True, blank=True
     )
     request_fee = models.DecimalField(
-        max_digits=PRICE_DIGITS, decimal_places=PRICE_PLACES, default=0, help_text="The list per-request fee applied"
+        max_digits=PRICE_DIGITS,
+        decimal_places=PRICE_PLACES,
+        default=0,
+        db_default=0,
+        help_text="The list per-request fee applied",
     )
     markup_percent = models.DecimalField(
-        max_digits=7, decimal_places=3, default=0, help_text="The tenant plan's markup applied to the list cost"
+        max_digits=7,
+        decimal_places=3,
+        default=0,
+        db_default=0,
+        help_text="The tenant plan's markup applied to the list cost",
     )
     cost = models.DecimalField(
         max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_PLACES, help_text="USD charged to the tenant"
@@ -157,6 +165,7 @@ class UsageRecord(models.Model):
         max_digits=AMOUNT_DIGITS,
         decimal_places=AMOUNT_PLACES,
         default=0,
+        db_default=0,
         help_text="USD at list price (what the provider costs us); margin = cost - upstream_cost",
     )
     # Set when the row is billed: each row lands on exactly one invoice, so late usage is
@@ -180,11 +189,13 @@ class UsageRecord(models.Model):
     latency_ms = models.PositiveIntegerField()
     # How the call was served (proxy routing): upstream attempts (0 for a cache hit), the
     # model the client asked for when a fallback model served it, and response-cache hits.
-    attempts = models.PositiveSmallIntegerField(default=1, help_text="Upstream attempts; 0 = served from cache")
-    requested_model = models.CharField(
-        max_length=200, blank=True, help_text="The model asked for, when another (a fallback) served it"
+    attempts = models.PositiveSmallIntegerField(
+        default=1, db_default=1, help_text="Upstream attempts; 0 = served from cache"
     )
-    cache_hit = models.BooleanField(default=False, help_text="Served from Tollway's response cache")
+    requested_model = models.CharField(
+        max_length=200, blank=True, db_default="", help_text="The model asked for, when another (a fallback) served it"
+    )
+    cache_hit = models.BooleanField(default=False, db_default=False, help_text="Served from Tollway's response cache")
 
     class Meta:
         ordering = ["-created_at"]
