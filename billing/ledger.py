@@ -62,7 +62,8 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
         request_fee=entry.price.request_fee,
         markup_percent=entry.markup_percent,
         cost=cost,
-        upstream_cost=charge.upstream_cost,
+        # A response-cache hit cost us nothing upstream, whatever it is billed at.
+        upstream_cost=Decimal(0) if entry.cache_hit else charge.upstream_cost,
         usage_estimated=entry.usage_estimated,
         streamed=entry.streamed,
         outcome=entry.outcome,

@@ -70,6 +70,14 @@ def test_ledger_write_is_idempotent_per_request_id() -> None:
     row = UsageRecord.objects.get()
     assert row.cost == Decimal("0.002400000")
     assert (row.input_price_per_mtok, row.output_price_per_mtok) == (Decimal("8"), Decimal("32"))
+    assert row.upstream_cost == Decimal("0.002400000"), "no markup: we pay what we charge"
+
+    # a response-cache hit billed at half price cost us nothing upstream
+    import dataclasses
+
+    hit = dataclasses.replace(entry, request_id="req-hit", price=price("4", "16"), cache_hit=True)
+    assert usage_record_create(entry=hit) == (Decimal("0.001200000"), True)
+    assert UsageRecord.objects.get(request_id="req-hit").upstream_cost == 0
 
 
 def test_cached_tokens_are_priced_at_their_own_rates() -> None:
