@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
@@ -18,7 +19,10 @@ PASSWORD = "correct horse battery staple"
 
 
 def member(tenant: Tenant, username: str, role: str = Membership.Role.OWNER) -> AbstractBaseUser:
-    user = get_user_model().objects.create_user(username=username, password=PASSWORD)
+    user = get_user_model().objects.create_user(username=username)
+    # A hash the production server (default hashers) can check too; few rounds, as tests use.
+    user.password = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt(), iterations=1000)
+    user.save(update_fields=["password"])
     Membership.objects.create(user=user, tenant=tenant, role=role)
     return user
 
