@@ -71,7 +71,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         .annotate(cost=Sum("cost"), requests=Count("pk"))
         .order_by("-cost")[:5]
     )
-    recent = UsageRecord.objects.filter(tenant=tenant).select_related("model", "api_key__user").order_by("-pk")[:15]
+    recent = (
+        UsageRecord.objects.filter(tenant=tenant)
+        .select_related("model", "api_key__user")
+        .order_by("-created_at", "-pk")[:15]
+    )
     keys = [k for k in tenant_selectors.api_key_list(tenant_id=tenant.pk) if k.user_id is None]
     return render(
         request,
