@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from billing.invoicing import invoice_draft, invoice_finalize
@@ -18,8 +17,8 @@ from tests.billing.factories import save, snapshot, usage_row
 PASSWORD = "correct horse battery staple"
 
 
-def member(tenant: Tenant, username: str, role: str = Membership.Role.OWNER) -> AbstractBaseUser:
-    user = get_user_model().objects.create_user(username=username)
+def member(tenant: Tenant, username: str, role: str = Membership.Role.OWNER) -> User:
+    user = User.objects.create_user(username=username)  # the project keeps Django's User
     # A hash the production server (default hashers) can check too; few rounds, as tests use.
     user.password = PBKDF2PasswordHasher().encode(PASSWORD, PBKDF2PasswordHasher().salt(), iterations=1000)
     user.save(update_fields=["password"])
