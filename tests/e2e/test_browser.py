@@ -6,9 +6,7 @@ Screenshots land in var/test-artifacts/ (and docs/screenshots/ when UPDATE_SCREE
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -21,58 +19,12 @@ import pytest
 from billing.models import Invoice, UsageRecord
 from tenants import services
 from tenants.models import ApiKey, Tenant
+from tests.browser import ARTIFACTS, TIMEOUT_MS, expect, log_in, needs_chromium, shot
 from tests.conftest import ROOT, UPSTREAM_KEY, Catalog, Upstream, free_port, stop, wait_for_http
 from tests.e2e.conftest import serve
-from tests.pages import PASSWORD, issued_invoice, member, spend_history
+from tests.pages import issued_invoice, member, spend_history
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.live,
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)"
-    ),
-]
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-
-ARTIFACTS = ROOT / "var" / "test-artifacts"
-DOCS = ROOT / "docs" / "screenshots"
-TIMEOUT_MS = 15_000
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, DOCS / path.name)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    # Playwright's sync API keeps an event loop running in this thread, and Django refuses
-    # database calls in a thread with a running loop. The tests' queries are ordinary
-    # blocking ones, so that guard is lifted while the browser is up.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
-    try:
-        with sync_api.sync_playwright() as pw:
-            launched = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            try:
-                yield launched
-            finally:
-                launched.close()
-    finally:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+pytestmark = [pytest.mark.live, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -120,25 +72,16 @@ def page(browser: Any, site: str) -> Iterator[Any]:
         context.close()
 
 
-def log_in(page: Any, path: str = "/dashboard/") -> None:
-    page.goto(path)
-    page.wait_for_url(re.compile(r"/accounts/login/"))
-    page.get_by_label("Username").fill("olivia")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(re.escape(path) + "$"))
-
-
 def test_log_in_and_see_the_dashboard(page: Any) -> None:
     log_in(page)
-    sync_api.expect(page.get_by_role("heading", name="Acme Corp")).to_be_visible()
+    expect(page.get_by_role("heading", name="Acme Corp")).to_be_visible()
     # the chart has stacked bars for both models, and a legend naming them
     assert page.locator("svg.chart rect.bar").count() >= 12
-    sync_api.expect(page.get_by_role("list", name="Models")).to_contain_text("deepseek-v3")
-    sync_api.expect(page.get_by_test_id("spend")).not_to_have_text("$0.00")
+    expect(page.get_by_role("list", name="Models")).to_contain_text("deepseek-v3")
+    expect(page.get_by_test_id("spend")).not_to_have_text("$0.00")
     shot(page, "dashboard")
     page.get_by_role("link", name="90 days").click()
-    sync_api.expect(page.get_by_role("heading", name="Daily spend, last 90 days")).to_be_visible()
+    expect(page.get_by_role("heading", name="Daily spend, last 90 days")).to_be_visible()
     page.set_viewport_size({"width": 390, "height": 844})
     # phone width: wide tables scroll inside their box; the page itself does not scroll sideways
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
@@ -167,11 +110,11 @@ def test_create_and_revoke_a_key(page: Any) -> None:
 
     page.get_by_role("link", name="Back to the dashboard").click()
     row = page.locator(f'tr[data-key="{key.key_id}"]')
-    sync_api.expect(row).to_contain_text("Active")
+    expect(row).to_contain_text("Active")
     assert secret not in page.content()  # shown once only
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Revoke ci-deploy").click()
-    sync_api.expect(page.locator(f'tr[data-key="{key.key_id}"]')).to_contain_text("Revoked")
+    expect(page.locator(f'tr[data-key="{key.key_id}"]')).to_contain_text("Revoked")
     key.refresh_from_db()
     assert key.revoked_at is not None
 
@@ -188,12 +131,12 @@ def test_send_a_message_and_see_it_stream(page: Any) -> None:
     page.keyboard.press("Enter")  # Enter sends, from the keyboard alone
     answer = page.locator("#log .msg.assistant").last
     # while it streams, part of the answer is already on screen
-    sync_api.expect(answer).to_have_attribute("aria-busy", "true")
-    sync_api.expect(answer.locator(".text")).to_contain_text("Mock answer")
+    expect(answer).to_have_attribute("aria-busy", "true")
+    expect(answer.locator(".text")).to_contain_text("Mock answer")
     partial = answer.locator(".text").inner_text()
     assert answer.get_attribute("aria-busy") == "true", "the answer arrived all at once, not streamed"
     # then it ends with its tokens and cost
-    sync_api.expect(answer.locator(".meta")).to_contain_text(re.compile(r"\d+ in · \d+ out tokens · \$0\.\d+"))
+    expect(answer.locator(".meta")).to_contain_text(re.compile(r"\d+ in · \d+ out tokens · \$0\.\d+"))
     assert len(answer.locator(".text").inner_text()) > len(partial)
     shot(page, "playground")
 
@@ -208,10 +151,10 @@ def test_stop_a_stream_and_it_is_still_metered(page: Any) -> None:
     page.get_by_label("Message").fill("Tell me a long story.")
     page.get_by_role("button", name="Send").click()
     answer = page.locator("#log .msg.assistant").last
-    sync_api.expect(answer.locator(".text")).to_contain_text("Mock answer")
+    expect(answer.locator(".text")).to_contain_text("Mock answer")
     page.get_by_role("button", name="Stop").click()
-    sync_api.expect(answer.locator(".meta")).to_contain_text("Stopped")
-    sync_api.expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(answer.locator(".meta")).to_contain_text("Stopped")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
     shot(page, "playground-stopped")
     # the call is billed even though the client left (measured or estimated usage)
     deadline = time.monotonic() + 10
