@@ -52,6 +52,13 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+# Password-reset mails for dashboard users (Django's own views send them).
+EMAIL_HOST = env.str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", 25)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "tollway@localhost")
 WSGI_APPLICATION = "config.wsgi.application"
 APPEND_SLASH = False
 

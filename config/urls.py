@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from billing import views_web as billing_pages
 from proxy import views as proxy_views
+from proxy import views_web as proxy_pages
+from tenants import web as tenant_pages
 
 v1: list[URLPattern | URLResolver] = [
     path("chat/completions", proxy_views.chat_completions, name="chat-completions"),
@@ -25,6 +29,14 @@ urlpatterns = [
     path("ready", proxy_views.ready, name="ready"),
     path("metrics", proxy_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    # The web pages for tenant users: Django's own login, logout and password reset.
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", RedirectView.as_view(url="/dashboard/"), name="home"),
+    path("dashboard/", billing_pages.dashboard, name="dashboard"),
+    path("dashboard/invoices/<str:number>.pdf", billing_pages.invoice_pdf_download, name="invoice-pdf"),
+    path("dashboard/keys/create", tenant_pages.key_create, name="key-create"),
+    path("dashboard/keys/<str:key_id>/revoke", tenant_pages.key_revoke, name="key-revoke"),
+    path("chat/", proxy_pages.playground, name="playground"),
 ]
 urlpatterns += staticfiles_urlpatterns()  # serves admin assets only when DEBUG is on
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 from django.http import HttpRequest
 
 from config.errors import ErrorCode, NotFound
-from tenants.auth import authenticate_request
+from tenants.auth import authenticate_request, authenticate_session, uses_session
 from tenants.selectors import KeyPrincipal
 
 SCOPE = "inference"
 
 
 def authenticate(request: HttpRequest) -> KeyPrincipal:
+    # The web playground sends its login cookie instead of a key (with a CSRF token).
+    if uses_session(request):
+        return authenticate_session(request, scope=SCOPE)
     return authenticate_request(request, scope=SCOPE)
 
 

@@ -4,12 +4,14 @@ import re
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tenants import keys, services
 from tenants.forms import ApiKeyAdminForm, TenantAdminForm
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, Membership, Tenant
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -89,3 +91,33 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # revoke instead: the ledger refers to keys
+
+
+class MembershipInline(admin.StackedInline):
+    """Dashboard accounts are made here: add a user, then give it a tenant and a role."""
+
+    model = Membership
+    can_delete = True
+    extra = 0
+    max_num = 1
+    autocomplete_fields = ("tenant",)
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class TenantUserAdmin(UserAdmin):
+    inlines = [MembershipInline]
+    list_display = ("username", "email", "membership", "is_staff", "is_active")
+    list_select_related = ("membership__tenant",)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("user", "tenant", "role", "created_at")
+    list_filter = ("role", "tenant")
+    search_fields = ("user__username", "user__email", "tenant__slug")
+    autocomplete_fields = ("tenant",)
+    raw_id_fields = ("user",)

@@ -12,12 +12,14 @@ from datetime import datetime
 from functools import lru_cache
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 
 from config.errors import AuthenticationFailed, ErrorCode, PermissionDenied
-from tenants import activity, keys
+from tenants import activity, keys, services
 from tenants.cache import principals
+from tenants.models import Membership
 from tenants.selectors import KeyPrincipal
 
 _HINT = "Pass your Tollway key as 'Authorization: Bearer tlw_…'."
@@ -103,5 +105,65 @@ def authenticate_token(token: str, *, scope: str | None, ip: str, now: datetime 
 
 def authenticate_request(request: HttpRequest, *, scope: str | None) -> KeyPrincipal:
     principal = authenticate_token(bearer_token(request), scope=scope, ip=client_ip(request))
+    activity.key_used(principal.api_key_pk)
+    return principal
+
+
+# --- the login cookie, for the web playground ---------------------------------------------
+
+PLAYGROUND_SESSION_KEY = "tollway_playground_key"
+
+
+def _no_response(request: HttpRequest) -> HttpResponse:  # CsrfViewMiddleware needs a get_response
+    return HttpResponse()
+
+
+def uses_session(request: HttpRequest) -> bool:
+    """No key, but a login cookie: the request comes from Tollway's own pages."""
+    return "Authorization" not in request.headers and settings.SESSION_COOKIE_NAME in request.COOKIES
+
+
+def authenticate_session(request: HttpRequest, *, scope: str) -> KeyPrincipal:
+    """A logged-in tenant user's principal: the user's playground key (``services.playground_key_get``).
+
+    A cookie is sent by the browser on its own, so the CSRF check Django does for pages
+    is enforced here too (the API views are otherwise CSRF-exempt: keys are not cookies).
+    """
+    if CsrfViewMiddleware(_no_response).process_view(request, None, (), {}) is not None:  # type: ignore[arg-type]
+        raise PermissionDenied(
+            "The login cookie needs a CSRF token: send the csrftoken cookie's value in X-CSRFToken.",
+            code=ErrorCode.PERMISSION_DENIED,
+        )
+    user = request.user
+    if not user.is_authenticated:
+        raise AuthenticationFailed(f"You didn't provide an API key, and you are not logged in. {_HINT}")
+    principal = None
+    key_id = request.session.get(PLAYGROUND_SESSION_KEY)
+    if key_id:  # the session remembers the key, so a warm call reads no database row
+        principal = principals.get(key_id)
+    if principal is None or principal.revoked:
+        membership = Membership.objects.select_related("user").filter(user_id=user.pk).first()
+        if membership is None:
+            raise PermissionDenied(
+                "Your account belongs to no tenant. Ask an administrator for a membership.",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        if not membership.can_chat:
+            raise PermissionDenied(
+                f"The {membership.get_role_display()} role cannot call models; ask your tenant's owner.",
+                code=ErrorCode.PERMISSION_DENIED,
+            )
+        key_id = services.playground_key_get(membership=membership).key_id
+        request.session[PLAYGROUND_SESSION_KEY] = key_id
+        principal = principals.get(key_id)
+    if principal is None or principal.revoked:
+        raise AuthenticationFailed("Your playground key could not be loaded. Log in again.")
+    if not principal.tenant_active:
+        raise PermissionDenied(
+            f"The tenant '{principal.tenant_slug}' is suspended. Contact the platform administrator.",
+            code=ErrorCode.TENANT_SUSPENDED,
+        )
+    if not principal.has_scope(scope):
+        raise PermissionDenied(f"The playground key lacks the '{scope}' scope.", code=ErrorCode.INSUFFICIENT_SCOPE)
     activity.key_used(principal.api_key_pk)
     return principal

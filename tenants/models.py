@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -139,6 +140,17 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set on a user's playground key (tenants.services.playground_key_get): the web
+    # playground's calls are billed through it, so each ledger row names the user.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="playground_keys",
+        help_text="The dashboard user whose playground key this is.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -158,3 +170,32 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class Membership(models.Model):
+    """A dashboard user belongs to exactly one tenant, with one role.
+
+    Owners manage keys; developers use the playground; billing users see spend and invoices.
+    Everyone sees the dashboard.
+    """
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        DEVELOPER = "developer", "Developer"
+        BILLING = "billing", "Billing"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.DEVELOPER)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+    @property
+    def can_manage_keys(self) -> bool:
+        return self.role == self.Role.OWNER
+
+    @property
+    def can_chat(self) -> bool:
+        return self.role in (self.Role.OWNER, self.Role.DEVELOPER)

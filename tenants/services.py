@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tenants import keys
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, Membership, Tenant
 from tenants.validators import DEFAULT_SCOPES, normalise_cidrs
 
 MAX_ROTATION_GRACE = timedelta(days=30)
@@ -142,3 +142,27 @@ def api_key_status(api_key: ApiKey, now: datetime | None = None) -> str:
     if api_key.expires_at is not None and api_key.expires_at <= (now or timezone.now()):
         return "expired"
     return "active"
+
+
+@transaction.atomic
+def playground_key_get(*, membership: Membership) -> ApiKey:
+    """The user's own inference key for the web playground, created on first use.
+
+    The playground authenticates with the login cookie, never a secret, so the key's
+    secret is thrown away; its only job is to carry the tenant's limits and to name the
+    user on every ledger row. A revoked one is replaced by a fresh one.
+    """
+    key = (
+        ApiKey.objects.select_for_update()
+        .filter(tenant_id=membership.tenant_id, user_id=membership.user_id, revoked_at__isnull=True)
+        .first()
+    )
+    if key is None:
+        key = ApiKey(
+            tenant_id=membership.tenant_id,
+            user_id=membership.user_id,
+            name=f"Playground: {membership.user}",
+            scopes=["inference"],
+        )
+        api_key_issue(api_key=key)
+    return key
