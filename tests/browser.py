@@ -45,12 +45,13 @@ def expect(target: Any) -> Any:
     return sync_api.expect(target)
 
 
-def shot(page: Any, name: str) -> None:
-    """A full-page screenshot into var/test-artifacts/ (and docs/screenshots/ with UPDATE_SCREENSHOTS=1)."""
+def shot(page: Any, name: str, *, publish: bool = True) -> None:
+    """A full-page screenshot into var/test-artifacts/ (and docs/screenshots/ with
+    UPDATE_SCREENSHOTS=1, unless it shows a secret: ``publish=False``)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+    if publish and os.environ.get("UPDATE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS / path.name)
 
