@@ -64,12 +64,9 @@ USAGE_FIELDS = ("requests", "input_tokens", "output_tokens", "cached_input_token
 GROUPS = ("day", "model", "key")
 
 
-def usage_report(*, tenant: Tenant, start: date, end: date, group_by: str) -> dict[str, Any]:
-    """Usage between local days ``start`` and ``end`` (inclusive), grouped by day, model or key.
-
-    Days up to the tenant's ``RollupState.rolled_through`` come from the rollups; later days
-    (today, and any day not rolled up yet) are summed live from the ledger.
-    """
+def usage_groups(*, tenant: Tenant, start: date, end: date) -> list[dict[str, Any]]:
+    """Sums per local day, key and model for days ``start``..``end``: from the rollups up to
+    the tenant's ``RollupState.rolled_through``, live from the ledger after that."""
     rolled_through = RollupState.objects.filter(tenant=tenant).values_list("rolled_through", flat=True).first()
     groups: list[dict[str, Any]] = []
     if rolled_through is not None and start <= rolled_through:
@@ -82,6 +79,26 @@ def usage_report(*, tenant: Tenant, start: date, end: date, group_by: str) -> di
     live_from = start if rolled_through is None else max(start, rolled_through + timedelta(days=1))
     if live_from <= end:
         groups += ledger_by_day(tenant, live_from, end)
+    return groups
+
+
+def daily_cost_by_model(*, tenant: Tenant, start: date, end: date) -> list[tuple[date, str, Decimal]]:
+    """(local day, model name, cost) for the dashboard's chart, from the same data as /v1/usage."""
+    totals: dict[tuple[date, int], Decimal] = {}
+    for group in usage_groups(tenant=tenant, start=start, end=end):
+        key = (group["day"], group["model_id"])
+        totals[key] = totals.get(key, Decimal(0)) + (group["cost"] or Decimal(0))
+    names = dict(Model.objects.filter(pk__in={m for _, m in totals}).values_list("pk", "name"))
+    return [(day, names[model], cost) for (day, model), cost in sorted(totals.items())]
+
+
+def usage_report(*, tenant: Tenant, start: date, end: date, group_by: str) -> dict[str, Any]:
+    """Usage between local days ``start`` and ``end`` (inclusive), grouped by day, model or key.
+
+    Days up to the tenant's ``RollupState.rolled_through`` come from the rollups; later days
+    (today, and any day not rolled up yet) are summed live from the ledger.
+    """
+    groups = usage_groups(tenant=tenant, start=start, end=end)
 
     def key_of(group: dict[str, Any]) -> Any:
         return {"day": group["day"], "model": group["model_id"], "key": group["api_key_id"]}[group_by]

@@ -86,3 +86,33 @@ def test_the_chart_spans_30_or_90_days(client: Client, tenant: Tenant, days: int
     member(tenant, "olivia")
     page = login(client, "olivia").get(f"/dashboard/?days={days}").content.decode()
     assert f"Daily spend, last {days} days" in page
+
+
+def test_the_chart_reads_the_rollups_like_the_usage_api(tenant: Tenant, catalog: Catalog) -> None:
+    """Days already rolled up come from the rollups (fast over millions of rows); today is live."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from billing import rollups
+    from billing.models import UsageRecord
+    from billing.pricing import PriceSnapshot, TokenUsage
+    from billing.selectors import daily_cost_by_model, usage_report
+    from tests.billing.factories import usage_row
+
+    now = timezone.now()
+    model = catalog.models["gpt-4.1"]
+    price = PriceSnapshot(Decimal(8), Decimal(32), now - timedelta(days=30))
+    for at in (now - timedelta(days=2), now - timedelta(days=1), now):
+        usage_row(tenant=tenant, model=model, at=at, price=price, usage=TokenUsage(1000, 100)).save()
+    rollups.rollup_tenant(tenant=tenant, now=now)
+    # Rewrite history behind the rollups' back: the chart must not notice, as /v1/usage does not.
+    UsageRecord.objects.filter(created_at__lt=now - timedelta(hours=20)).update(cost=Decimal(1000))
+
+    today = now.date()
+    rows = daily_cost_by_model(tenant=tenant, start=today - timedelta(days=2), end=today)
+    assert [(day, name) for day, name, _ in rows] == [(today - timedelta(days=d), "gpt-4.1") for d in (2, 1, 0)]
+    assert all(cost == Decimal("0.011200000") for _, _, cost in rows)
+    report = usage_report(tenant=tenant, start=today - timedelta(days=2), end=today, group_by="day")
+    assert sum(Decimal(r["cost_usd"]) for r in report["data"]) == sum(cost for _, _, cost in rows)
