@@ -113,8 +113,19 @@ class ModelAdmin(admin.ModelAdmin):
         return f"${price.input_per_mtok} / ${price.output_per_mtok}" if price else "— not priced: not served"
 
 
+class AppendOnly:
+    """For ledgers: rows are added, never edited or deleted; a mistake is corrected by a
+    new row. Put it first among the bases so it wins over ModelAdmin's permissions."""
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(AppendOnly, admin.ModelAdmin):
     """The ledger is append-only: readable here, never edited."""
 
     list_display = (
@@ -140,12 +151,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 # --- money per tenant: payment, credit ledger, and what is spent and held right now ---
 
@@ -159,19 +164,13 @@ class AccountInline(admin.StackedInline):
     verbose_name = "billing account"
 
 
-class CreditEntryInline(admin.TabularInline):
+class CreditEntryInline(AppendOnly, admin.TabularInline):
     """Append-only: a mistake is corrected by an adjustment, never by editing."""
 
     model = CreditEntry
     extra = 0
     fields = ("created_at", "kind", "amount_usd", "note", "created_by")
     readonly_fields = ("created_at", "created_by")
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 admin.site.unregister(Tenant)
@@ -205,7 +204,7 @@ class TenantAdmin(BaseTenantAdmin):
 
 
 @admin.register(CreditEntry)
-class CreditEntryAdmin(admin.ModelAdmin):
+class CreditEntryAdmin(AppendOnly, admin.ModelAdmin):
     list_display = ("created_at", "tenant", "kind", "amount_usd", "note", "created_by")
     list_filter = ("kind",)
     search_fields = ("tenant__slug", "note")
@@ -215,12 +214,6 @@ class CreditEntryAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: CreditEntry, form: Any, change: bool) -> None:
         obj.created_by = request.user.get_username()
         super().save_model(request, obj, form, change)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- plans ---------------------------------------------------------------------------------

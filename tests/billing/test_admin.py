@@ -140,3 +140,19 @@ def test_price_book_rejects_an_overlapping_start_and_shows_upcoming_and_past(adm
         assert f'<td class="field-state">{state}</td>' in listing
     upcoming = admin_client.get(reverse("admin:billing_price_changelist"), {"when": "upcoming"}).content.decode()
     assert upcoming.count('<td class="field-state">') == 1
+
+
+def test_the_credit_ledger_is_append_only(admin_client: Client, tenant: Tenant) -> None:
+    from billing.models import CreditEntry
+
+    added = admin_client.post(
+        reverse("admin:billing_creditentry_add"),
+        {"tenant": tenant.pk, "kind": "topup", "amount_usd": "25", "note": "wire"},
+    )
+    assert added.status_code == 302
+    entry = CreditEntry.objects.get()
+    assert entry.created_by == "root"
+    assert admin_client.get(reverse("admin:billing_creditentry_delete", args=[entry.pk])).status_code == 403
+    admin_client.post(reverse("admin:billing_creditentry_change", args=[entry.pk]), {"amount_usd": "2500"})
+    entry.refresh_from_db()
+    assert entry.amount_usd == Decimal("25")
