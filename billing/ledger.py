@@ -8,6 +8,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from django.db import connection
 
 from billing.models import UsageRecord
@@ -90,8 +91,19 @@ def _insert_sql(vendor: str) -> tuple[str, tuple[Any, ...]]:
 
 def _insert_once(row: UsageRecord) -> bool:
     sql, fields = _insert_sql(connection.vendor)
-    values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    if connection.vendor != "postgresql":  # the embedded SQLite default
+        values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            return cursor.fetchone() is not None
+    # Postgres: a server-side binding cursor, so psycopg prepares the statement once per
+    # connection (prepare_threshold) instead of quoting every value into the SQL text, and
+    # the values go as they are: ints, strs, bools, Decimals and an aware datetime.
+    values = [getattr(row, f.attname) for f in fields]
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = connection._prepare_cursor(psycopg.Cursor(connection.connection))
+    with cursor:
         cursor.execute(sql, values)
         return cursor.fetchone() is not None
 

@@ -108,3 +108,10 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess  # the master never loads the app; this is safe
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    # After gevent has patched the worker and the app is loaded (config/greenio.py).
+    from config import greenio
+
+    greenio.install()
