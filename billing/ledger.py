@@ -102,7 +102,7 @@ def _insert_once(row: UsageRecord) -> bool:
     values = [getattr(row, f.attname) for f in fields]
     connection.ensure_connection()
     with connection.wrap_database_errors:
-        cursor = connection._prepare_cursor(psycopg.Cursor(connection.connection))
+        cursor = connection._prepare_cursor(psycopg.Cursor(connection.connection))  # type: ignore[attr-defined]
     with cursor:
         cursor.execute(sql, values)
         return cursor.fetchone() is not None

@@ -51,14 +51,14 @@ def install() -> bool:
 
     green_can_read = redis_hiredis._socket_can_read
 
-    def socket_can_read(sock: Any, timeout: float | None) -> bool:
+    def socket_can_read(sock: Any, timeout: float) -> bool:
         if timeout != 0:
             return bool(green_can_read(sock, timeout))
         if hasattr(sock, "pending") and sock.pending():  # TLS bytes already decrypted
             return True
         return ready(sock)
 
-    httpcore_sync.is_socket_readable = is_socket_readable  # type: ignore[attr-defined]
+    httpcore_sync.is_socket_readable = is_socket_readable
     redis_hiredis._socket_can_read = socket_can_read
     psycopg.waiting.wait = psycopg_wait(real_poll)
     return True
@@ -82,7 +82,7 @@ def psycopg_wait(real_poll: Callable[[], Any]) -> Callable[..., Any]:
     def ready_now(fileno: int, wanted: int) -> int:
         poller = real_poll()
         poller.register(fileno, (select.POLLIN if wanted & WAIT_R else 0) | (select.POLLOUT if wanted & WAIT_W else 0))
-        ready = READY_NONE
+        ready = int(READY_NONE)
         for _, events in poller.poll(0):
             if events & select.POLLIN:
                 ready |= READY_R
