@@ -22,9 +22,8 @@ import orjson
 
 from billing.pricing import TokenUsage
 from config.errors import ErrorCode, InvalidRequest, RateLimited, TollwayError, UpstreamError
-from proxy import credentials
+from proxy import credentials, upstream
 from proxy.route import Target
-from proxy.upstream import client
 
 log = logging.getLogger(__name__)
 
@@ -311,21 +310,16 @@ def post(target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
     body's reads then use the idle limit (see :class:`UpstreamStream`).
     """
     limits = target.limits
-    timeout = httpx.Timeout(
-        connect=limits.connect,
-        read=min(limits.first_byte, limits.total),
-        write=limits.connect,
-        pool=limits.connect,
-    )
-    request = client().build_request(
-        "POST",
-        url,
-        content=orjson.dumps(body),
-        headers={"Content-Type": "application/json", **headers},
-        timeout=timeout,
-    )
+    timeout = {
+        "connect": limits.connect,
+        "read": min(limits.first_byte, limits.total),
+        "write": limits.connect,
+        "pool": limits.connect,
+    }
     try:
-        response = client().send(request, stream=True)
+        response = upstream.post(
+            url, content=orjson.dumps(body), headers={"Content-Type": "application/json", **headers}, timeout=timeout
+        )
     except httpx.HTTPError as exc:
         raise transport_error(target, exc, "before answering") from None
     if response.status_code != 200:
