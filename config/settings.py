@@ -247,6 +247,8 @@ TOLLWAY: dict[str, Any] = {
     "CIRCUIT_FAILURES": env.int("TOLLWAY_CIRCUIT_FAILURES", 5),
     "CIRCUIT_EJECT_SECONDS": env.float("TOLLWAY_CIRCUIT_EJECT_SECONDS", 30.0),
     "CIRCUIT_EJECT_MAX_SECONDS": env.float("TOLLWAY_CIRCUIT_EJECT_MAX_SECONDS", 600.0),
+    # How long a deployment read as clean is trusted without asking Redis again.
+    "CIRCUIT_READ_CACHE_SECONDS": env.float("TOLLWAY_CIRCUIT_READ_CACHE_SECONDS", 1.0),
     # Response cache (proxy.respcache): seconds an answer is kept, and the share of its
     # price a hit is billed at (0 = free). Per tenant this belongs on the billing Plan.
     "RESPONSE_CACHE_SECONDS": env.int("TOLLWAY_RESPONSE_CACHE_SECONDS", 3600),

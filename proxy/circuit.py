@@ -14,7 +14,10 @@ circuit:
   ejections; its failure ejects the deployment again at once.
 
 Reading the state of a model's deployments is one pipelined round trip; a success writes
-only when there is something to reset, so a healthy request path pays one Redis read.
+only when there is something to reset. A deployment read as clean (no failures, never
+ejected) is remembered in the process for ``CIRCUIT_READ_CACHE_SECONDS`` (1 s), so a
+healthy request path usually pays no Redis read at all: another replica's ejection is seen
+here within that time, and this process's own failures at once.
 
 If Redis fails, every circuit reads as closed (traffic still flows, retries still
 exclude what failed) and the error is logged, at most once per ``REDIS_RETRY_SECONDS``.
@@ -39,6 +42,8 @@ clock: Callable[[], float] = time.time
 
 REDIS_RETRY_SECONDS = 5.0
 _redis_down_until = 0.0
+# Deployments last read as clean: pk -> monotonic time the reading goes stale.
+_clean_until: dict[int, float] = {}
 
 
 def _key(pk: int) -> str:
@@ -134,19 +139,34 @@ def _float(value: Any) -> float:
 
 
 def states(pks: Iterable[int]) -> dict[int, Health]:
-    """The circuit of each deployment, in one round trip; closed for all if Redis fails."""
+    """The circuit of each deployment, in one round trip (none while all are remembered
+    clean); closed for all if Redis fails."""
     pks = list(pks)
     if not pks or not _enabled():
         return {pk: CLOSED for pk in pks}
+    now = time.monotonic()
+    unknown = [pk for pk in pks if _clean_until.get(pk, 0.0) <= now]
+    if not unknown:
+        return {pk: CLOSED for pk in pks}
     try:
         pipe = _redis().pipeline(transaction=False)
-        for pk in pks:
+        for pk in unknown:
             pipe.hmget(_key(pk), "fails", "open_until")
         rows = pipe.execute()
     except RedisError as exc:
         _redis_failed(exc, "reading")
         return {pk: CLOSED for pk in pks}
-    return {pk: Health(int(_float(fails)), _float(until)) for pk, (fails, until) in zip(pks, rows, strict=True)}
+    read = {pk: Health(int(_float(fails)), _float(until)) for pk, (fails, until) in zip(unknown, rows, strict=True)}
+    keep = float(settings.TOLLWAY["CIRCUIT_READ_CACHE_SECONDS"])
+    for pk, health in read.items():
+        if keep > 0 and not health.dirty:
+            _clean_until[pk] = now + keep
+    return {pk: read.get(pk, CLOSED) for pk in pks}
+
+
+def forget_local() -> None:
+    """Drop what this process remembers about clean deployments (tests)."""
+    _clean_until.clear()
 
 
 def acquire_probe(pk: int) -> bool:
@@ -163,6 +183,7 @@ def acquire_probe(pk: int) -> bool:
 
 def record_failure(pk: int, *, status: int | None, latency_ms: int) -> str:
     """Count a failure; returns "closed", "open" or "opened" (this failure ejected it)."""
+    _clean_until.pop(pk, None)  # no longer clean: read it afresh next time
     if not _enabled():
         return "closed"
     conf = settings.TOLLWAY

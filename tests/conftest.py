@@ -139,6 +139,7 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     activity.forget_local()
     monkeypatch.setattr(admission, "_redis_down_until", 0.0)
     monkeypatch.setattr(circuit, "_redis_down_until", 0.0)
+    circuit.forget_local()
     for tier in (principals, routes, listings):
         tier.clear_local()
     yield

@@ -249,6 +249,25 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
     assert [circuit.acquire_probe(42) for _ in range(5)] == [False] * 5
 
 
+def test_a_clean_circuit_is_remembered_briefly_and_ejections_elsewhere_arrive_after_it(
+    settings: LazySettings,
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "CIRCUIT_READ_CACHE_SECONDS": 0.5, "CIRCUIT_FAILURES": 2}
+    assert circuit.states([8])[8] == circuit.CLOSED  # read, and remembered as clean
+    # Another replica ejects deployment 8: this process trusts its clean reading a while...
+    circuit._redis().hset(circuit._key(8), mapping={"fails": 0, "open_until": repr(time.time() + 60)})
+    assert circuit.states([8])[8] == circuit.CLOSED
+    time.sleep(0.6)
+    # ...then reads Redis again, and skips the deployment.
+    assert circuit.states([8])[8].ejected(time.time())
+    # This process's own failures count at once: no clean reading hides them.
+    assert circuit.states([9])[9] == circuit.CLOSED
+    assert circuit.record_failure(9, status=503, latency_ms=1) == "closed"
+    assert circuit.states([9])[9].fails == 1
+    assert circuit.record_failure(9, status=503, latency_ms=1) == "opened"
+    assert circuit.states([9])[9].ejected(time.time())
+
+
 def test_circuits_read_closed_when_redis_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> Any:
         raise RedisError("down")
