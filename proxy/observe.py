@@ -48,6 +48,16 @@ COST = Counter("tollway_cost_usd_total", "USD billed (the ledger is exact; this 
 UPSTREAM_ERRORS = Counter("tollway_upstream_errors_total", "Provider failures", ["provider", "code"])
 
 _tenants: set[str] = set()
+# Labelled children, looked up once: ``labels()`` validates and locks on every call.
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def _tenant_label(slug: str) -> str:
@@ -69,16 +79,16 @@ def call_finished(call: Call, usage: TokenUsage, cost: Any, *, outcome: str, est
     overhead = max(total - upstream, 0.0)
     ttfb = (call.first_byte_at or now) - call.request_started
     status = "200" if outcome == "completed" else outcome
-    REQUESTS.labels(
-        call.chat.endpoint, model, target.provider_name, status, _tenant_label(call.principal.tenant_slug)
+    _child(
+        REQUESTS, call.chat.endpoint, model, target.provider_name, status, _tenant_label(call.principal.tenant_slug)
     ).inc()
-    UPSTREAM_SECONDS.labels(target.provider_name).observe(upstream)
+    _child(UPSTREAM_SECONDS, target.provider_name).observe(upstream)
     OVERHEAD_SECONDS.observe(overhead)
     TTFB_SECONDS.observe(ttfb)
-    TOKENS.labels(model, "input").inc(usage.input_tokens)
-    TOKENS.labels(model, "output").inc(usage.output_tokens)
-    TOKENS.labels(model, "cached").inc(usage.cached_input_tokens)
-    COST.labels(model).inc(float(cost))
+    _child(TOKENS, model, "input").inc(usage.input_tokens)
+    _child(TOKENS, model, "output").inc(usage.output_tokens)
+    _child(TOKENS, model, "cached").inc(usage.cached_input_tokens)
+    _child(COST, model).inc(float(cost))
     log.info(
         "request",
         extra={
