@@ -50,6 +50,13 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Calls to /v1/ that carry a key skip the session, login, CSRF, messages and framing
+# layers: they use none of them (config/wsgi.py). CommonMiddleware sets Content-Length.
+API_MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
 
 ROOT_URLCONF = "config.urls"
 LOGIN_URL = "/accounts/login/"
