@@ -97,7 +97,7 @@ def _insert_once(row: UsageRecord) -> bool:
             cursor.execute(sql, values)
             return cursor.fetchone() is not None
     # Postgres: a server-side binding cursor, so psycopg prepares the statement once per
-    # connection (prepare_threshold) instead of quoting every value into the SQL text, and
+    # connection (prepare_threshold, set in config/settings.py) instead of quoting every value into the SQL text, and
     # the values go as they are: ints, strs, bools, Decimals and an aware datetime.
     values = [getattr(row, f.attname) for f in fields]
     connection.ensure_connection()

@@ -37,9 +37,10 @@ graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "120"))
 # connections first and never reuses one gunicorn is closing.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 # Recycle workers now and then (a slow leak stays bounded); the jitter keeps the workers
-# of a replica from restarting all at once.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
-max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "2000"))
+# of a replica from restarting all at once. A worker serves hundreds of calls a second,
+# and each restart costs a boot and cold caches, so not more than every few minutes.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "100000"))
+max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "10000"))
 wsgi_app = "config.wsgi:application"
 
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl),

@@ -96,6 +96,12 @@ if env.has("DATABASE_URL"):
             "max_size": env.int("DB_POOL_MAX_SIZE", 10),
             "timeout": env.float("DB_POOL_TIMEOUT", 10.0),
         }
+        # Django turns psycopg's prepared statements off. Its own cursors bind on the
+        # client and never prepare; the ledger insert binds on the server, and with this
+        # Postgres parses and plans it once per pooled connection, not once per call.
+        # Off (DB_PREPARED_STATEMENTS=0) behind a pooler that cannot keep them.
+        if env.bool("DB_PREPARED_STATEMENTS", True):
+            _db["OPTIONS"]["prepare_threshold"] = 1
     DATABASES = {"default": _db}
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)

@@ -138,3 +138,38 @@ def test_charge_applies_markup_and_fee_and_rounds_each_amount_once() -> None:
     assert charge.margin == charge.cost - charge.upstream_cost
     # an int percent stays Decimal arithmetic (no float creeps in)
     assert charge_of(usage, price, markup_percent=15).cost == Decimal("0.000190900")  # type: ignore[arg-type]
+
+
+@pytest.mark.django_db
+def test_the_ledger_insert_is_prepared_once_per_connection_and_stays_exact() -> None:
+    import dataclasses
+
+    from django.db import connection
+
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    model = Model.objects.create(name="gpt-4.1")
+    entry = UsageEntry(
+        request_id="req-0",
+        created_at=T0,
+        tenant_id=tenant.pk,
+        api_key_id=None,
+        model_id=model.pk,
+        provider="mock",
+        upstream_model="gpt-4.1",
+        usage=TokenUsage(3, 7),
+        price=price("0.42", "1.68"),
+        usage_estimated=False,
+        streamed=False,
+        outcome=UsageRecord.Outcome.COMPLETED,
+        latency_ms=1,
+    )
+    for n in range(4):
+        assert usage_record_create(entry=dataclasses.replace(entry, request_id=f"req-{n}")) == (
+            Decimal("0.000013020"),
+            True,
+        )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO%%'")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert len(prepared) == 1 and '"billing_usagerecord"' in prepared[0]
+    assert sorted(UsageRecord.objects.values_list("cost", flat=True)) == [Decimal("0.000013020")] * 4
