@@ -1,7 +1,14 @@
-"""The usage ledger: one idempotent insert per billable call."""
+"""The usage ledger: one idempotent insert per billable call.
+
+Concurrent calls' rows are committed together (``GroupInsert``): Postgres flushes its
+write-ahead log once per commit, and on a busy gateway that flush, not the row, was most
+of the database's work per call.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -77,35 +84,170 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
 
 
 @lru_cache(maxsize=4)
-def _insert_sql(vendor: str) -> tuple[str, tuple[Any, ...]]:
-    """The INSERT statement, built once per database vendor rather than per call."""
-    fields = tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
+def _fields(vendor: str) -> tuple[Any, ...]:
+    return tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
+
+
+@lru_cache(maxsize=256)
+def _insert_sql(vendor: str, rows: int) -> str:
+    """The INSERT for ``rows`` rows, built once per vendor and size rather than per call."""
+    fields = _fields(vendor)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     table = connection.ops.quote_name(UsageRecord._meta.db_table)
-    sql = (
-        f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "  # noqa: S608  # names from _meta
-        "ON CONFLICT (request_id) DO NOTHING RETURNING id"
+    one = f"({', '.join(['%s'] * len(fields))})"
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * rows)} "  # noqa: S608  # names from _meta
+        "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
     )
-    return sql, fields
 
 
 def _insert_once(row: UsageRecord) -> bool:
-    sql, fields = _insert_sql(connection.vendor)
+    fields = _fields(connection.vendor)
     if connection.vendor != "postgresql":  # the embedded SQLite default
-        values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
-            return cursor.fetchone() is not None
-    # Postgres: a server-side binding cursor, so psycopg prepares the statement once per
-    # connection (prepare_threshold, set in config/settings.py) instead of quoting every value into the SQL text, and
-    # the values go as they are: ints, strs, bools, Decimals and an aware datetime.
+        return _write_rows([[f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]])[0]
+    # Postgres takes the values as they are: ints, strs, bools, Decimals, an aware datetime.
     values = [getattr(row, f.attname) for f in fields]
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        cursor = connection._prepare_cursor(psycopg.Cursor(connection.connection))  # type: ignore[attr-defined]
+    if connection.in_atomic_block:
+        # The row belongs to the caller's transaction; another caller's commit must not carry it.
+        return _write_rows([values])[0]
+    return group_insert.insert(values)
+
+
+def _write_rows(rows: list[list[Any]]) -> list[bool]:
+    """Insert ``rows`` in one statement; for each, whether this statement wrote it. A
+    request id repeated within ``rows`` is written once, by its first occurrence."""
+    sql = _insert_sql(connection.vendor, len(rows))
+    params = [value for row in rows for value in row]
+    if connection.vendor == "postgresql":
+        # A server-side binding cursor, so psycopg prepares the statement once per
+        # connection (prepare_threshold, set in config/settings.py) instead of quoting
+        # every value into the SQL text.
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            cursor = connection._prepare_cursor(psycopg.Cursor(connection.connection))  # type: ignore[attr-defined]
+    else:
+        cursor = connection.cursor()
     with cursor:
-        cursor.execute(sql, values)
-        return cursor.fetchone() is not None
+        cursor.execute(sql, params)
+        written = {found for (found,) in cursor.fetchall()}
+    at = _request_id_index(connection.vendor)
+    result, seen = [], set()
+    for row in rows:
+        request_id = row[at]
+        result.append(request_id in written and request_id not in seen)
+        seen.add(request_id)
+    return result
+
+
+@lru_cache(maxsize=4)
+def _request_id_index(vendor: str) -> int:
+    return [f.name for f in _fields(vendor)].index("request_id")
+
+
+class _Slot:
+    __slots__ = ("done", "error", "inserted", "values", "wake")
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+        self.inserted: bool | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.wake = threading.Event()
+
+
+class GroupInsert:
+    """Group commit for the ledger: rows that arrive while an insert is in flight go
+    together in the next one, one statement and one commit (one WAL flush) for the lot.
+
+    The first caller with no insert in flight leads: it writes the queued rows, its own
+    among them, and wakes their callers; the next queued caller leads the next batch.
+    Every caller still returns only once its own row is committed, so nothing is answered
+    before it is recorded. A failed batch is retried row by row, so one bad row fails
+    only its own call. A caller that waits gives its database connection back first.
+    Under gevent the callers are greenlets of one worker; with threads it works the same.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[list[Any]]], list[bool]],
+        *,
+        before_wait: Callable[[], None] = lambda: None,
+        max_rows: int = 100,
+    ) -> None:
+        self._write = write
+        self._before_wait = before_wait
+        self.max_rows = max_rows
+        self._queue: list[_Slot] = []
+        self._lock = threading.Lock()
+        self._leading = False
+        self.batches = 0  # statements issued, for tests and the curious
+
+    def insert(self, values: list[Any]) -> bool:
+        slot = _Slot(values)
+        with self._lock:
+            self._queue.append(slot)
+        while True:
+            with self._lock:
+                if slot.done:
+                    break
+                lead = not self._leading
+                if lead:
+                    self._leading = True
+                    batch, self._queue = self._queue[: self.max_rows], self._queue[self.max_rows :]
+            if not lead:
+                self._before_wait()
+                slot.wake.wait()
+                slot.wake.clear()
+                continue
+            try:
+                self._run(batch)
+            finally:
+                with self._lock:
+                    self._leading = False
+                    successor = self._queue[0] if self._queue else None
+                if successor is not None:
+                    successor.wake.set()
+        if slot.error is not None:
+            raise slot.error
+        return bool(slot.inserted)
+
+    def _run(self, batch: list[_Slot]) -> None:
+        try:
+            self.batches += 1
+            try:
+                results: list[bool] | None = self._write([slot.values for slot in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    batch[0].error = exc
+                    return
+                results = None
+            if results is not None:
+                for slot, inserted in zip(batch, results, strict=True):
+                    slot.inserted = inserted
+                return
+            for slot in batch:  # find the bad row: each call gets its own answer
+                self.batches += 1
+                try:
+                    slot.inserted = self._write([slot.values])[0]
+                except Exception as own:
+                    slot.error = own
+        finally:
+            for slot in batch:
+                if slot.inserted is None and slot.error is None:
+                    # The leader was interrupted mid-write: no caller may take that as "already billed".
+                    slot.error = RuntimeError("the ledger write was interrupted")
+                slot.done = True
+                slot.wake.set()
+
+
+def _give_back_connection() -> None:
+    """A waiting caller hands its pooled connection back (it holds no transaction), so
+    the pool can never be drained by callers waiting on a leader that needs one."""
+    if connection.connection is not None and not connection.in_atomic_block:
+        connection.close()
+
+
+group_insert = GroupInsert(_write_rows, before_wait=_give_back_connection)
 
 
 def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) -> tuple[Decimal, bool]:

@@ -1,0 +1,127 @@
+"""Group commit: concurrent calls' ledger rows share one INSERT and one commit, and each
+call still gets its own answer, exactly as if it had written alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from billing import ledger
+from billing.ledger import GroupInsert, UsageEntry, usage_record_create
+from billing.models import Model, UsageRecord
+from billing.pricing import PriceSnapshot, TokenUsage
+from tenants.models import Tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the callers commit, on their own connections
+
+
+@pytest.fixture
+def entry() -> UsageEntry:
+    tenant = Tenant.objects.create(slug="acme", name="Acme")
+    model = Model.objects.create(name="deepseek-v3")
+    return UsageEntry(
+        request_id="req",
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+        tenant_id=tenant.pk,
+        api_key_id=None,
+        model_id=model.pk,
+        provider="mock",
+        upstream_model="deepseek-v3",
+        usage=TokenUsage(3, 7),
+        price=PriceSnapshot(Decimal("0.42"), Decimal("1.68"), datetime(2026, 1, 1, tzinfo=UTC)),
+        usage_estimated=False,
+        streamed=False,
+        outcome=UsageRecord.Outcome.COMPLETED,
+        latency_ms=5,
+    )
+
+
+def slow_first_write(pause: float) -> Callable[[list[list[Any]]], list[bool]]:
+    """The real writer, holding its first statement long enough for every caller to queue."""
+    first = threading.Event()
+
+    def write(rows: list[list[Any]]) -> list[bool]:
+        if not first.is_set():
+            first.set()
+            time.sleep(pause)
+        return ledger._write_rows(rows)
+
+    return write
+
+
+def concurrently(entries: list[UsageEntry]) -> list[Any]:
+    """Each entry written by its own thread, all released at once; the answer or the error."""
+    answers: list[Any] = [None] * len(entries)
+    start = threading.Barrier(len(entries))
+
+    def call(i: int) -> None:
+        try:
+            start.wait()
+            answers[i] = usage_record_create(entry=entries[i])
+        except Exception as exc:
+            answers[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(entries))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+def test_concurrent_rows_share_a_commit_and_each_call_gets_its_own_answer(
+    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupInsert(slow_first_write(0.3))
+    monkeypatch.setattr(ledger, "group_insert", group)
+    entries = [dataclasses.replace(entry, request_id=f"req-{i}") for i in range(24)]
+    entries += [dataclasses.replace(entry, request_id="req-twice")] * 2  # a retried call
+
+    answers = concurrently(entries)
+
+    assert answers[:24] == [(Decimal("0.000013020"), True)] * 24
+    # The same request id twice: one call wrote it, the other is told it was already there.
+    assert sorted(answers[24:], key=lambda a: a[1]) == [(Decimal("0.000013020"), False), (Decimal("0.000013020"), True)]
+    assert UsageRecord.objects.count() == 25
+    assert sum(UsageRecord.objects.values_list("cost", flat=True)) == Decimal("0.000325500")
+    # The first caller's statement, then everyone who queued behind it, together.
+    assert group.batches == 2
+
+
+def test_a_bad_row_fails_only_its_own_call(entry: UsageEntry, monkeypatch: pytest.MonkeyPatch) -> None:
+    group = GroupInsert(slow_first_write(0.3))
+    monkeypatch.setattr(ledger, "group_insert", group)
+    entries = [dataclasses.replace(entry, request_id=f"req-{i}") for i in range(6)]
+    entries[3] = dataclasses.replace(entry, request_id="req-bad", model_id=entry.model_id + 1000)  # no such model
+
+    answers = concurrently(entries)
+
+    assert isinstance(answers[3], IntegrityError)
+    assert [a for i, a in enumerate(answers) if i != 3] == [(Decimal("0.000013020"), True)] * 5
+    assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == [f"req-{i}" for i in (0, 1, 2, 4, 5)]
+
+
+def test_a_row_inside_a_transaction_stays_in_that_transaction(
+    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupInsert(ledger._write_rows)
+    monkeypatch.setattr(ledger, "group_insert", group)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert usage_record_create(entry=entry) == (Decimal("0.000013020"), True)
+        raise RuntimeError("the caller's transaction rolls back")
+    assert not UsageRecord.objects.exists(), "no other commit carried the row"
+    assert group.batches == 0
+
+    assert usage_record_create(entry=entry) == (Decimal("0.000013020"), True)
+    assert group.batches == 1
+    assert UsageRecord.objects.count() == 1
