@@ -303,13 +303,28 @@ def _ms(text: str) -> float:
 
 
 def wrk(
-    url: str, *, connections: int, seconds: int, body: dict[str, Any], token: str | None, threads: int = 2
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    body: dict[str, Any],
+    token: str | None,
+    threads: int = 2,
+    ports: list[int] | None = None,
 ) -> WrkResult:
+    """wrk against ``url``; with ``ports``, its threads spread over those loopback ports
+    (one thread per port), so one run measures several replicas with one latency record."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     headers = 'wrk.headers["Content-Type"] = "application/json"\n'
     if token:
         headers += f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{json.dumps(body)}]]\n{headers}')
+    spread = ""
+    if ports:
+        threads = len(ports)
+        listed = ", ".join(f'wrk.lookup("127.0.0.1", "{port}")[1]' for port in ports)
+        spread = f"local n = 0\nfunction setup(thread)\n  local addrs = {{{listed}}}\n  n = n + 1\n"
+        spread += "  thread.addr = addrs[(n - 1) % #addrs + 1]\nend\n"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{json.dumps(body)}]]\n{headers}{spread}')
     try:
         result = subprocess.run(
             [
@@ -388,20 +403,25 @@ def ttfb_probe(stack: Stack, token: str, body: dict[str, Any], samples: int) -> 
     return asyncio.run(run())
 
 
-def worker_rss_mb(stack: Stack) -> float:
-    """The largest resident set among the replicas' gunicorn workers, in MB."""
+def _worker_statuses() -> list[str]:
+    """/proc/<pid>/status of every gunicorn worker of the stack's replicas."""
     state = json.loads((STATE / "stack" / "state.json").read_text())
     masters = {p["pid"] for p in state["processes"] if p["name"].startswith("web")}
-    largest = 0
+    found = []
     for stat in Path("/proc").glob("[0-9]*/status"):
         try:
             text = stat.read_text()
         except OSError:
             continue
-        ppid = int(re.search(r"PPid:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
-        if ppid in masters and (m := re.search(r"VmRSS:\s+(\d+) kB", text)):
-            largest = max(largest, int(m.group(1)))
-    return largest / 1024
+        if int(re.search(r"PPid:\s+(\d+)", text).group(1)) in masters:  # type: ignore[union-attr]
+            found.append(text)
+    return found
+
+
+def worker_rss_mb(stack: Stack) -> float:
+    """The largest resident set among the replicas' gunicorn workers, in MB."""
+    sizes = [int(m.group(1)) for t in _worker_statuses() if (m := re.search(r"VmRSS:\s+(\d+) kB", t))]
+    return max(sizes, default=0) / 1024
 
 
 # --- scenarios -------------------------------------------------------------------------
@@ -424,7 +444,8 @@ def p1(stack: Stack, token: str, seconds: int) -> dict[str, Any]:
         out[f"c{connections}"] = asdict(
             wrk(f"{stack.base}/v1/chat/completions", connections=connections, seconds=seconds, body=body, token=token)
         )
-    # Like for like with the peer (2 workers, plain HTTP, no nginx): one replica directly.
+    # Like for like with the peer (2 workers, plain HTTP, no nginx): the replicas'
+    # workers directly, half the connections on each replica.
     out["app_c64"] = asdict(
         wrk(
             f"http://127.0.0.1:{stack.web_ports[0]}/v1/chat/completions",
@@ -432,8 +453,10 @@ def p1(stack: Stack, token: str, seconds: int) -> dict[str, Any]:
             seconds=seconds,
             body=body,
             token=token,
+            ports=stack.web_ports,
         )
     )
+    out["app_c64"]["workers"] = len(_worker_statuses())
     return out
 
 
@@ -591,7 +614,7 @@ def verdicts(report: Report) -> dict[str, str]:
     if "p1" in s:
         rps = s["p1"]["c64"]["rps"]
         if "peer" in s:
-            # Like for like: one replica (2 workers) directly against LiteLLM's 2 workers.
+            # Like for like: the replicas' workers directly against LiteLLM's 2 workers.
             mine = s["p1"]["app_c64"]
             peer_rps, peer_p99 = s["peer"]["p1_c64"]["rps"], s["peer"]["p1_c64"]["p99_ms"]
             ok = mine["rps"] >= 5 * peer_rps and mine["p99_ms"] <= peer_p99 / 5
@@ -633,7 +656,7 @@ def print_table(report: Report) -> None:
         for conns, r in s["p1"].items():
             rows.append(
                 (
-                    f"P1 {conns}" if conns.startswith("c") else "P1 c64, 1 replica direct",
+                    f"P1 {conns}" if conns.startswith("c") else f"P1 c64, {r.get('workers', '?')} workers direct",
                     f"{r['rps']:.0f} RPS",
                     f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms",
                     f"{r['errors']} errors",
