@@ -69,7 +69,11 @@ NGINX_TUNABLES = {
 
 
 def _load_render() -> Any:
-    spec = importlib.util.spec_from_file_location("tollway_nginx_render", ROOT / "nginx" / "render.py")
+    return _load_file("tollway_nginx_render", ROOT / "nginx" / "render.py")
+
+
+def _load_file(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -253,8 +257,9 @@ def web_concurrency(env: dict[str, str], replicas: int) -> int:
     through nginx, 2 replicas of 1 worker 700)."""
     if env.get("WEB_CONCURRENCY"):
         return int(env["WEB_CONCURRENCY"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // replicas)
+    # The same count gunicorn's config uses for one replica on its own.
+    cores = _load_file("tollway_gunicorn_conf", ROOT / "config" / "gunicorn.py")._cpu_count()
+    return max(1, int(cores) // replicas)
 
 
 def start(cfg: Config, state: dict[str, Any], name: str, argv: list[str], env: dict[str, str]) -> None:

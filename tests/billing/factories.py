@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
+from billing.ledger import UsageEntry
 from billing.models import Model, UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, charge_of
 from tenants.models import ApiKey, Tenant
 
 BATCH = 5_000
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def usage_entry(*, tenant_id: int, model_id: int, **changes: Any) -> UsageEntry:
+    """What the request path hands the ledger for one completed call; ``changes`` override."""
+    fields: dict[str, Any] = {
+        "request_id": "req",
+        "created_at": T0,
+        "api_key_id": None,
+        "provider": "mock",
+        "upstream_model": "gpt-4.1",
+        "usage": TokenUsage(3, 7),
+        "price": PriceSnapshot(Decimal("0.42"), Decimal("1.68"), T0),
+        "usage_estimated": False,
+        "streamed": False,
+        "outcome": UsageRecord.Outcome.COMPLETED,
+        "latency_ms": 1,
+    }
+    return UsageEntry(tenant_id=tenant_id, model_id=model_id, **{**fields, **changes})
 
 
 def usage_row(

@@ -17,8 +17,8 @@ from django.db import IntegrityError, connection, transaction
 from billing import ledger
 from billing.ledger import GroupInsert, UsageEntry, usage_record_create
 from billing.models import Model, UsageRecord
-from billing.pricing import PriceSnapshot, TokenUsage
 from tenants.models import Tenant
+from tests.billing.factories import usage_entry
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the callers commit, on their own connections
 
@@ -27,19 +27,11 @@ pytestmark = pytest.mark.django_db(transaction=True)  # the callers commit, on t
 def entry() -> UsageEntry:
     tenant = Tenant.objects.create(slug="acme", name="Acme")
     model = Model.objects.create(name="deepseek-v3")
-    return UsageEntry(
-        request_id="req",
-        created_at=datetime(2026, 11, 1, tzinfo=UTC),
+    return usage_entry(
         tenant_id=tenant.pk,
-        api_key_id=None,
         model_id=model.pk,
-        provider="mock",
+        created_at=datetime(2026, 11, 1, tzinfo=UTC),
         upstream_model="deepseek-v3",
-        usage=TokenUsage(3, 7),
-        price=PriceSnapshot(Decimal("0.42"), Decimal("1.68"), datetime(2026, 1, 1, tzinfo=UTC)),
-        usage_estimated=False,
-        streamed=False,
-        outcome=UsageRecord.Outcome.COMPLETED,
         latency_ms=5,
     )
 

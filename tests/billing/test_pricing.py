@@ -11,6 +11,7 @@ from billing.ledger import UsageEntry, usage_record_create
 from billing.models import Model, UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, charge_of, cost_of, price_at
 from tenants.models import Tenant
+from tests.billing.factories import usage_entry
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -49,19 +50,12 @@ def test_price_at_picks_the_price_in_effect() -> None:
 def test_ledger_write_is_idempotent_per_request_id() -> None:
     tenant = Tenant.objects.create(slug="acme", name="Acme")
     model = Model.objects.create(name="gpt-4.1")
-    entry = UsageEntry(
-        request_id="req-1",
-        created_at=T0,
+    entry = usage_entry(
         tenant_id=tenant.pk,
-        api_key_id=None,
         model_id=model.pk,
-        provider="mock",
-        upstream_model="gpt-4.1",
+        request_id="req-1",
         usage=TokenUsage(100, 50),
         price=price("8", "32"),
-        usage_estimated=False,
-        streamed=False,
-        outcome=UsageRecord.Outcome.COMPLETED,
         latency_ms=12,
     )
     assert usage_record_create(entry=entry) == (Decimal("0.002400000"), True)
@@ -148,21 +142,7 @@ def test_the_ledger_insert_is_prepared_once_per_connection_and_stays_exact() -> 
 
     tenant = Tenant.objects.create(slug="acme", name="Acme")
     model = Model.objects.create(name="gpt-4.1")
-    entry = UsageEntry(
-        request_id="req-0",
-        created_at=T0,
-        tenant_id=tenant.pk,
-        api_key_id=None,
-        model_id=model.pk,
-        provider="mock",
-        upstream_model="gpt-4.1",
-        usage=TokenUsage(3, 7),
-        price=price("0.42", "1.68"),
-        usage_estimated=False,
-        streamed=False,
-        outcome=UsageRecord.Outcome.COMPLETED,
-        latency_ms=1,
-    )
+    entry = usage_entry(tenant_id=tenant.pk, model_id=model.pk)
     for n in range(4):
         assert usage_record_create(entry=dataclasses.replace(entry, request_id=f"req-{n}")) == (
             Decimal("0.000013020"),
