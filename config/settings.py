@@ -223,7 +223,7 @@ TOLLWAY: dict[str, Any] = {
     # usage report, so the call is billed from the provider's count, not an estimate.
     "DISCONNECT_DRAIN_SECONDS": env.float("TOLLWAY_DISCONNECT_DRAIN_SECONDS", 30.0),
     "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
-    "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 100),
+    "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 1000),
     # Peers whose X-Forwarded-For is believed (nginx). Anyone else's is ignored.
     "TRUSTED_PROXIES": env.list("TOLLWAY_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
     # A worker notes a key's last use at most this often (no DB write per request).

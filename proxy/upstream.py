@@ -8,15 +8,18 @@ its auth, redirect, cookie-jar and event-hook layers on every call; upstream cal
 none of them (no redirects are followed, no cookies kept), and py-spy put those layers
 at about a tenth of a worker's CPU per request.
 
-The pool is httpcore's, with its bookkeeping made linear (``LinearPool``).
+The pool is Tollway's (``Pool``): httpcore's connections, with O(1) bookkeeping.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import ssl
 import threading
+import time
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Any
 
 import httpcore
 import httpx
@@ -27,6 +30,7 @@ _transport_pid = 0
 _lock = threading.Lock()
 
 USER_AGENT = "tollway"
+KEEPALIVE_EXPIRY = 30.0  # seconds an idle upstream connection is kept
 
 
 def transport() -> httpx.HTTPTransport:
@@ -35,85 +39,160 @@ def transport() -> httpx.HTTPTransport:
         with _lock:
             if _transport is None or _transport_pid != os.getpid():
                 conf = settings.TOLLWAY
-                _transport = httpx.HTTPTransport(
-                    limits=httpx.Limits(
-                        max_connections=int(conf["UPSTREAM_MAX_CONNECTIONS"]),
-                        max_keepalive_connections=int(conf["UPSTREAM_MAX_KEEPALIVE"]),
-                        keepalive_expiry=30,
-                    ),
-                    trust_env=False,
+                _transport = httpx.HTTPTransport(trust_env=False)
+                # httpx's transport maps httpcore's errors to its own; the pool under it is
+                # ours (the transport calls only its handle_request and close).
+                _transport._pool = Pool(  # type: ignore[assignment]
+                    ssl_context=httpx.create_ssl_context(trust_env=False),
+                    max_connections=int(conf["UPSTREAM_MAX_CONNECTIONS"]),
+                    max_keepalive=int(conf["UPSTREAM_MAX_KEEPALIVE"]),
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
                 )
-                pool = _transport._pool
-                assert type(pool) is httpcore.ConnectionPool, type(pool)  # httpx built what we expect
-                pool.__class__ = LinearPool  # same state, the one method below replaced
                 _transport_pid = os.getpid()
     return _transport
 
 
-class LinearPool(httpcore.ConnectionPool):
-    """httpcore 1.0.9's pool, with the pass it runs twice per request made linear.
+def pool() -> Pool:
+    return transport()._pool  # type: ignore[return-value]
 
-    Its ``_assign_requests_to_connections`` walks the pool once per connection (O(n²)),
-    and polls the socket of every idle connection to see if the server closed it: with
-    32 requests in flight per worker that was a tenth of the worker's CPU, and with
-    1,000 streams per worker it was most of it (encode/httpcore#1035, still open). Here:
 
-    - one walk drops closed connections and finds the idle ones;
-    - at most ``max_keepalive_connections`` idle ones are kept, oldest closed first (the
-      original compares the total count, so under load it closes idle ones it should keep);
-    - an idle connection's socket is polled only when it is about to be reused, and a
-      closed or expired one is dropped then, so a request never goes out on it;
-    - each queued request gets its own connection (HTTP/1.1: one request per connection).
+class Pool:
+    """The per-process upstream pool: HTTP/1.1 connections, one request each at a time.
+
+    httpcore's own pool re-examines every connection on every request and every response
+    close (and polls each idle socket). At 1,000 streams per worker that pass was an
+    eighth of the worker's CPU in py-spy (encode/httpcore#1035). Here each step is O(1):
+
+    - idle connections wait on a stack per origin; a call takes the most recently used
+      one, the likeliest to be alive, and polls that one socket only: one the server
+      closed or whose keep-alive ran out is closed and the next is tried;
+    - at most ``max_keepalive`` connections stay idle; one beyond that closes when its
+      response does, and the oldest idle ones are closed once their keep-alive has run out;
+    - at most ``max_connections`` are open; a call beyond that waits up to the request's
+      ``pool`` timeout, then fails with ``httpcore.PoolTimeout``.
+
+    It serves ``httpx.HTTPTransport`` in place of httpcore's pool (``handle_request`` and
+    ``close`` are all the transport calls), so httpx still maps every error.
     """
 
-    def _assign_requests_to_connections(self) -> list[Any]:
-        closing: list[Any] = []
-        live: list[Any] = []
-        idle: list[Any] = []
-        for connection in self._connections:
-            if connection.is_closed():
-                continue
-            live.append(connection)
-            if connection.is_idle():
-                idle.append(connection)
-        surplus = len(idle) - self._max_keepalive_connections
-        if surplus > 0:
-            doomed = set(idle[:surplus])
-            closing.extend(idle[:surplus])
-            idle = idle[surplus:]
-            live = [c for c in live if c not in doomed]
-        self._connections = live
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext, max_connections: int, max_keepalive: int, keepalive_expiry: float
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._max_keepalive = max_keepalive
+        self._keepalive_expiry = keepalive_expiry
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        # Keyed by (scheme, host, port): httpcore's Origin is not hashable.
+        self._idle: dict[tuple[bytes, bytes, int], collections.deque[tuple[float, httpcore.HTTPConnection]]] = {}
+        self._idle_count = 0
+        self._backend = httpcore.SyncBackend()
 
-        for pool_request in [r for r in self._requests if r.is_queued()]:
-            origin = pool_request.request.url.origin
-            chosen = None
-            for connection in idle:
-                if not connection.can_handle_request(origin):
-                    continue
-                if connection.has_expired():  # keep-alive ran out, or the server hung up
-                    closing.append(connection)
-                    continue
-                chosen = connection
-                break
-            for connection in closing:
-                if connection in idle:
-                    idle.remove(connection)
-                    self._connections.remove(connection)
-            if chosen is not None:
-                idle.remove(chosen)
-            elif len(self._connections) < self._max_connections:
-                chosen = self.create_connection(origin)
-                self._connections.append(chosen)
-            elif idle:  # full: make room by closing an idle connection to another origin
-                victim = idle.pop(0)
-                self._connections.remove(victim)
-                closing.append(victim)
-                chosen = self.create_connection(origin)
-                self._connections.append(chosen)
-            else:
-                continue  # stays queued until a connection frees up
-            pool_request.assign_to_connection(chosen)
-        return closing
+    @property
+    def idle_count(self) -> int:
+        return self._idle_count
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        if request.url.scheme not in (b"http", b"https"):
+            raise httpcore.UnsupportedProtocol(f"Request URL has an unsupported protocol '{request.url.scheme!r}'.")
+        timeouts = request.extensions.get("timeout", {})
+        if not self._slots.acquire(timeout=timeouts.get("pool")):
+            raise httpcore.PoolTimeout("No upstream connection became free in time.")
+        connection = None
+        try:
+            connection = self._checkout(request.url.origin)
+            response = connection.handle_request(request)
+        except BaseException:
+            if connection is not None:
+                connection.close()
+            self._slots.release()
+            raise
+        assert isinstance(response.stream, Iterable)  # the sync connection's body
+        return httpcore.Response(
+            status=response.status,
+            headers=response.headers,
+            content=_Body(response.stream, self, request.url.origin, connection),
+            extensions=response.extensions,
+        )
+
+    def _checkout(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
+        while True:
+            with self._lock:
+                stack = self._idle.get(_key(origin))
+                if not stack:
+                    break
+                _, connection = stack.pop()
+                self._idle_count -= 1
+            if connection.is_idle() and not connection.has_expired():
+                return connection
+            connection.close()
+        return httpcore.HTTPConnection(
+            origin=origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            network_backend=self._backend,
+        )
+
+    def _checkin(self, origin: httpcore.Origin, connection: httpcore.HTTPConnection) -> None:
+        """Back from a finished response: kept idle if reusable and there is room."""
+        self._slots.release()
+        now = time.monotonic()
+        stale: list[httpcore.HTTPConnection] = []
+        with self._lock:
+            keep = connection.is_idle() and self._idle_count < self._max_keepalive
+            if keep:
+                stack = self._idle.setdefault(_key(origin), collections.deque())
+                stack.append((now, connection))
+                self._idle_count += 1
+                # The oldest idle connections sit at the bottom: drop those past keep-alive.
+                while stack[0][0] < now - self._keepalive_expiry:
+                    stale.append(stack.popleft()[1])
+                    self._idle_count -= 1
+        if not keep:
+            stale.append(connection)
+        for old in stale:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle = [connection for stack in self._idle.values() for _, connection in stack]
+            self._idle.clear()
+            self._idle_count = 0
+        for connection in idle:
+            connection.close()
+
+
+def _key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
+    return origin.scheme, origin.host, origin.port
+
+
+class _Body:
+    """A response body that hands its connection back to the pool when closed."""
+
+    def __init__(
+        self, stream: Iterable[bytes], pool: Pool, origin: httpcore.Origin, connection: httpcore.HTTPConnection
+    ) -> None:
+        self._stream = stream
+        self._pool = pool
+        self._origin = origin
+        self._connection: httpcore.HTTPConnection | None = connection
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if hasattr(self._stream, "close"):
+                self._stream.close()  # a body not read to its end closes the connection
+        finally:
+            self._pool._checkin(self._origin, connection)
 
 
 @lru_cache(maxsize=256)

@@ -1,5 +1,6 @@
-"""The upstream connection pool (proxy.upstream.LinearPool), against real loopback servers:
-connections are reused, idle ones are capped, and one the server closed is never used."""
+"""The upstream connection pool (proxy.upstream.Pool), against real loopback servers:
+connections are reused, idle ones are capped, one the server closed or whose keep-alive
+ran out is never used, and a full pool makes calls wait, then fail cleanly."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import httpcore
 import httpx
 import pytest
 
 from proxy import upstream
-from proxy.upstream import LinearPool
+from proxy.upstream import Pool
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -79,8 +79,9 @@ def fresh_transport(monkeypatch: pytest.MonkeyPatch, settings: object) -> Iterat
         upstream._transport.close()
 
 
-def call(url: str) -> int:
-    response = upstream.post(url, content=b"{}", headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5})
+def call(url: str, *, pool_timeout: float = 5) -> int:
+    timeout = {"connect": 5, "read": 5, "write": 5, "pool": pool_timeout}
+    response = upstream.post(url, content=b"{}", headers={}, timeout=timeout)
     try:
         response.read()
     finally:
@@ -88,9 +89,10 @@ def call(url: str) -> int:
     return response.status_code
 
 
-def pool() -> LinearPool:
-    found = upstream.transport()._pool
-    assert isinstance(found, LinearPool)
+def pool() -> Pool:
+    found = upstream.pool()
+    assert isinstance(found, Pool)
+    assert upstream.transport()._pool is found  # what httpx's transport sends through
     return found
 
 
@@ -98,7 +100,7 @@ def test_sequential_calls_reuse_one_connection(fresh_transport: None) -> None:
     server = Server()
     assert [call(server.url) for _ in range(20)] == [200] * 20
     assert server.accepted == 1
-    assert len(pool().connections) == 1
+    assert pool().idle_count == 1
 
 
 def test_idle_connections_are_capped_at_the_keepalive_limit(
@@ -120,9 +122,10 @@ def test_idle_connections_are_capped_at_the_keepalive_limit(
         thread.join(10)
     assert results == [200] * 8
     assert server.accepted == 8, "eight calls at once need eight connections"
-    call(server.url)  # the next call's pass trims the idle ones to the limit, and reuses one
-    assert server.accepted == 8
-    assert len(pool().connections) == 3
+    assert pool().idle_count == 3, "the other five closed as their responses did"
+    call(server.url)
+    assert server.accepted == 8, "the next call reuses an idle one"
+    assert pool().idle_count == 3
 
 
 def test_a_connection_the_server_closed_is_never_reused(fresh_transport: None) -> None:
@@ -150,13 +153,53 @@ def test_a_full_pool_queues_the_next_call_until_one_is_free(fresh_transport: Non
         thread.join(10)
     assert results == [200] * 5
     assert server.accepted == 2
-    assert isinstance(upstream.transport()._pool, httpcore.ConnectionPool)
 
 
-def test_calls_still_fail_cleanly_when_nothing_listens(fresh_transport: None) -> None:
+def test_a_call_that_waits_too_long_for_a_connection_fails_with_a_pool_timeout(
+    fresh_transport: None, settings: object
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_MAX_CONNECTIONS": 1}  # type: ignore[attr-defined]
+    server = Server()
+    held = upstream.post(
+        server.url, content=b"{}", headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
+    )
+    with pytest.raises(httpx.PoolTimeout):
+        call(server.url, pool_timeout=0.2)
+    held.read()
+    held.close()
+    assert call(server.url, pool_timeout=0.2) == 200, "the slot came back with the response"
+    assert server.accepted == 1
+
+
+def test_an_idle_connection_past_its_keepalive_is_not_reused(
+    fresh_transport: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream, "KEEPALIVE_EXPIRY", 0.1)
+    server = Server()
+    assert call(server.url) == 200
+    threading.Event().wait(0.3)
+    assert call(server.url) == 200
+    assert server.accepted == 2
+    assert pool().idle_count == 1, "the expired one was closed, not kept"
+
+
+def test_a_response_closed_before_its_end_closes_its_connection(fresh_transport: None) -> None:
+    server = Server()
+    response = upstream.post(
+        server.url, content=b"{}", headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
+    )
+    response.close()  # the body never read: the connection is mid-response, not reusable
+    assert pool().idle_count == 0
+    assert call(server.url) == 200
+    assert server.accepted == 2
+
+
+def test_calls_still_fail_cleanly_when_nothing_listens(fresh_transport: None, settings: object) -> None:
     with socket.socket() as unused:  # a port nothing listens on
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    with pytest.raises(httpx.ConnectError):
-        call(f"http://127.0.0.1:{port}/v1")
-    assert pool().connections == []
+    settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_MAX_CONNECTIONS": 1}  # type: ignore[attr-defined]
+    for _ in range(3):  # each failure gives its slot back: a one-connection pool still works
+        with pytest.raises(httpx.ConnectError):
+            call(f"http://127.0.0.1:{port}/v1", pool_timeout=0.5)
+    assert pool().idle_count == 0
