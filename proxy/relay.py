@@ -159,8 +159,9 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
             final = dict(tally.usage_chunk or {"id": "", "object": kind, "choices": []})
             final["model"] = model_name
             final["usage"] = usage_body(_usage_or_estimate(call, tally), cost, final.get("usage"))
-            yield sse_event(final)
-        yield SSE_DONE
+            yield sse_event(final) + SSE_DONE  # one write, not two
+        else:
+            yield SSE_DONE
     finally:
         # GeneratorExit at a yield: the client went away. Bill what the provider counts.
         if not call.metered:

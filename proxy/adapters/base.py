@@ -13,9 +13,9 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import orjson
@@ -141,17 +141,37 @@ def openai_usage(usage: TokenUsage) -> dict[str, Any]:
     return body
 
 
-def sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, one per event."""
+def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The ``data:`` payloads of a server-sent event stream, one per event, from the body's
+    bytes as they arrive. Lines end in LF, CRLF or CR, as the SSE spec allows."""
     data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].lstrip(" "))
+    pending = b""
+    for chunk in chunks:
+        pending = pending + chunk if pending else chunk
+        if b"\r" in pending:
+            # A CR at the very end may be half of a CRLF: wait for the next chunk.
+            held = pending.endswith(b"\r")
+            if held:
+                pending = pending[:-1]
+            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                lines = pending.split(b"\n")
+                pending = lines.pop() + b"\r"
+            else:
+                lines = pending.split(b"\n")
+                pending = lines.pop()
+        else:
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+        for line in lines:
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" ").decode("utf-8", "replace"))
+    if pending.rstrip(b"\r").startswith(b"data:"):
+        data.append(pending.rstrip(b"\r")[5:].lstrip(b" ").decode("utf-8", "replace"))
     if data:
         yield "\n".join(data)
 
@@ -374,7 +394,7 @@ class UpstreamStream:
 
     def payloads(self) -> Iterator[str]:
         try:
-            for payload in sse_data(self.response.iter_lines()):
+            for payload in sse_data(self._body()):
                 if time.monotonic() > self.deadline:
                     raise UpstreamError(
                         "The upstream provider took longer than its total time limit.",
@@ -384,6 +404,13 @@ class UpstreamStream:
                 yield payload
         except httpx.HTTPError as exc:
             raise transport_error(self.target, exc, "mid-stream") from None
+
+    def _body(self) -> Iterable[bytes]:
+        """The body's bytes. Unless it is compressed, straight from the transport: httpx's
+        decode-to-text-then-lines layers cost more than the relay itself per chunk."""
+        if self.response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
+            return cast("Iterable[bytes]", self.response.stream)
+        return self.response.iter_bytes()
 
     def chunks(self) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
