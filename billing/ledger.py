@@ -7,6 +7,7 @@ of the database's work per call.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,27 @@ def _insert_sql(vendor: str, rows: int) -> str:
     )
 
 
+# Above this many rows a batch goes as one array per column (_unnest_sql): the VALUES
+# form's text grows with the rows, past what psycopg caches its parse of, and parsing it
+# cost more than the insert (bench/: 80 us a row at 50 rows, against 32 with arrays).
+UNNEST_ABOVE = 4
+
+
+@lru_cache(maxsize=4)
+def _unnest_sql(vendor: str) -> str:
+    """One INSERT for any number of rows, each column one array parameter: one short
+    statement, prepared once per connection. The arrays are cast to the columns' base
+    types; the insert's own assignment casts then check lengths and precision as usual."""
+    fields = _fields(vendor)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    arrays = ", ".join(f"%s::{re.sub(r'[(].*[)]', '', f.db_type(connection))}[]" for f in fields)
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608  # names from _meta
+        "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+    )
+
+
 def _insert_once(row: UsageRecord) -> bool:
     fields = _fields(connection.vendor)
     if connection.vendor != "postgresql":  # the embedded SQLite default
@@ -116,8 +138,11 @@ def _insert_once(row: UsageRecord) -> bool:
 def _write_rows(rows: list[list[Any]]) -> list[bool]:
     """Insert ``rows`` in one statement; for each, whether this statement wrote it. A
     request id repeated within ``rows`` is written once, by its first occurrence."""
-    sql = _insert_sql(connection.vendor, len(rows))
-    params = [value for row in rows for value in row]
+    params: list[Any]
+    if connection.vendor == "postgresql" and len(rows) > UNNEST_ABOVE:
+        sql, params = _unnest_sql(connection.vendor), [list(column) for column in zip(*rows, strict=True)]
+    else:
+        sql, params = _insert_sql(connection.vendor, len(rows)), [value for row in rows for value in row]
     if connection.vendor == "postgresql":
         # A server-side binding cursor, so psycopg prepares the statement once per
         # connection (prepare_threshold, set in config/settings.py) instead of quoting

@@ -12,11 +12,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 
 from billing import ledger
 from billing.ledger import GroupInsert, UsageEntry, usage_record_create
 from billing.models import Model, UsageRecord
+from billing.pricing import PriceSnapshot, TokenUsage
 from tenants.models import Tenant
 from tests.billing.factories import usage_entry
 
@@ -117,3 +118,57 @@ def test_a_row_inside_a_transaction_stays_in_that_transaction(
     assert usage_record_create(entry=entry) == (Decimal("0.000013020"), True)
     assert group.batches == 1
     assert UsageRecord.objects.count() == 1
+
+
+def varied(entry: UsageEntry, prefix: str) -> list[UsageEntry]:
+    """Six rows that between them use every kind of value the ledger stores."""
+    cached_price = PriceSnapshot(
+        Decimal("3.000001"), Decimal("15"), entry.price.effective_from, Decimal("0.3"), Decimal("3.75"), Decimal("0.01")
+    )
+    return [
+        dataclasses.replace(entry, request_id=f"{prefix}-0"),
+        dataclasses.replace(entry, request_id=f"{prefix}-1", usage=TokenUsage(2025, 15, 1800, 200), price=cached_price),
+        dataclasses.replace(
+            entry, request_id=f"{prefix}-2", usage_estimated=True, streamed=True, outcome="client_gone"
+        ),
+        dataclasses.replace(entry, request_id=f"{prefix}-3", markup_percent=Decimal("12.5"), cache_hit=True),
+        dataclasses.replace(entry, request_id=f"{prefix}-4", requested_model="fast", attempts=3, provider="h\u00e9"),
+        dataclasses.replace(
+            entry, request_id=f"{prefix}-5", created_at=datetime(2026, 11, 30, 23, 59, 59, 999999, UTC)
+        ),
+    ]
+
+
+def stored(prefix: str) -> list[dict[str, Any]]:
+    rows = UsageRecord.objects.filter(request_id__startswith=f"{prefix}-").order_by("request_id").values()
+    return [{k: v for k, v in row.items() if k not in ("id", "request_id")} for row in rows]
+
+
+def test_a_large_batch_stores_each_row_exactly_as_a_lone_insert_does(
+    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupInsert(slow_first_write(0.3))
+    monkeypatch.setattr(ledger, "group_insert", group)
+    alone = [usage_record_create(entry=e) for e in varied(entry, "alone")]
+    assert group.batches == 6
+
+    together = concurrently([dataclasses.replace(entry, request_id="first"), *varied(entry, "batch")])
+
+    assert group.batches == 8, "the first row alone, then the other six in one statement"
+    assert together[1:] == alone
+    assert len(stored("batch")) == 6 and stored("batch") == stored("alone")
+
+
+def test_a_batch_never_truncates_a_value_too_long_for_its_column(
+    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = GroupInsert(slow_first_write(0.3))
+    monkeypatch.setattr(ledger, "group_insert", group)
+    entries = [dataclasses.replace(entry, request_id=f"req-{i}") for i in range(7)]
+    entries[4] = dataclasses.replace(entry, request_id="req-long", upstream_model="m" * 201)  # varchar(200)
+
+    answers = concurrently(entries)
+
+    assert isinstance(answers[4], DataError)
+    assert [a for i, a in enumerate(answers) if i != 4] == [(Decimal("0.000013020"), True)] * 6
+    assert not UsageRecord.objects.filter(upstream_model__startswith="mm").exists()
