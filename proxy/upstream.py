@@ -31,6 +31,9 @@ _lock = threading.Lock()
 
 USER_AGENT = "tollway"
 KEEPALIVE_EXPIRY = 30.0  # seconds an idle upstream connection is kept
+# How long, and how much, a body closed before its end is read on to save its connection.
+FINISH_SECONDS = 0.05
+FINISH_BYTES = 65536
 
 
 def transport() -> httpx.HTTPTransport:
@@ -111,7 +114,7 @@ class Pool:
         return httpcore.Response(
             status=response.status,
             headers=response.headers,
-            content=_Body(response.stream, self, request.url.origin, connection),
+            content=_Body(response.stream, self, request, connection),
             extensions=response.extensions,
         )
 
@@ -167,32 +170,66 @@ def _key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
 
 
 class _Body:
-    """A response body that hands its connection back to the pool when closed."""
+    """A response body that hands its connection back to the pool when closed.
+
+    A caller that stops reading before the end (an SSE stream is done at ``[DONE]``, before
+    the closing chunk) would cost the connection: closing then reads on for a moment, so
+    the connection ends the response cleanly and can be reused, or closes if it cannot.
+    """
 
     def __init__(
-        self, stream: Iterable[bytes], pool: Pool, origin: httpcore.Origin, connection: httpcore.HTTPConnection
+        self,
+        stream: Iterable[bytes],
+        pool: Pool,
+        request: httpcore.Request,
+        connection: httpcore.HTTPConnection,
     ) -> None:
         self._stream = stream
         self._pool = pool
-        self._origin = origin
+        self._request = request
         self._connection: httpcore.HTTPConnection | None = connection
+        self._complete = False
+        self._reading: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self._stream
-        except BaseException:
-            self.close()
-            raise
+        # Not ``yield from``: a caller dropping this iterator must not close httpcore's,
+        # which would close the connection before close() can save it. The body's own
+        # iterator is kept on the instance for the same reason.
+        self._reading = iter(self._stream)
+        while True:
+            try:
+                data = next(self._reading)
+            except StopIteration:
+                self._complete = True
+                return
+            except BaseException:
+                self.close()
+                raise
+            yield data
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return
         try:
+            if not self._complete and not connection.is_closed():
+                self._finish()
             if hasattr(self._stream, "close"):
-                self._stream.close()  # a body not read to its end closes the connection
+                self._stream.close()  # a body still not read to its end closes the connection
         finally:
-            self._pool._checkin(self._origin, connection)
+            self._pool._checkin(self._request.url.origin, connection)
+
+    def _finish(self) -> None:
+        # httpcore reads the read timeout afresh for each pass over the body.
+        self._request.extensions["timeout"] = {**self._request.extensions.get("timeout", {}), "read": FINISH_SECONDS}
+        left = FINISH_BYTES
+        try:
+            for data in self._stream:
+                left -= len(data)
+                if left < 0:
+                    return
+        except Exception:  # noqa: S110  # timed out or failed: httpcore has closed the connection
+            pass
 
 
 @lru_cache(maxsize=256)

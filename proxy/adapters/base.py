@@ -419,10 +419,14 @@ class UpstreamStream:
         return None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # A failed stream is closed here; one that ended is closed by its reader (the
+        # relay, once the client has the last event), since closing reads on briefly to
+        # keep the connection (proxy.upstream._Body).
         try:
             yield from self.chunks()
-        finally:
+        except BaseException:
             self.close()
+            raise
 
     def close(self) -> None:
         self.response.close()

@@ -99,3 +99,64 @@ def test_a_crlf_stream_in_odd_pieces_is_relayed_and_billed(api: Api, catalog: Ca
     row = UsageRecord.objects.get()
     assert (row.input_tokens, row.output_tokens, row.usage_estimated) == (7, 3, False)
     assert row.outcome == UsageRecord.Outcome.COMPLETED
+
+
+class KeepAliveUpstream:
+    """An OpenAI-style streaming server on loopback that keeps its connections open between
+    answers (chunked, HTTP/1.1), sending the closing chunk a moment after [DONE]."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        events = [
+            json.dumps({**CHUNK, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}),
+            json.dumps({**CHUNK, "choices": [], "usage": usage}),
+            "[DONE]",
+        ]
+        body = frame(events, b"\n")
+        with conn:
+            pending = b""
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                length = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length"))[15:])
+                while len(pending) < length:
+                    pending += conn.recv(65536)
+                pending = pending[length:]
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + f"{len(body):x}\r\n".encode()
+                    + body
+                    + b"\r\n"
+                )
+                time.sleep(0.005)
+                conn.sendall(b"0\r\n\r\n")
+
+
+@pytest.mark.django_db
+def test_streams_one_after_another_share_one_upstream_connection(api: Api, catalog: Catalog) -> None:
+    server = KeepAliveUpstream()
+    catalog.add_http_model("kept", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
+    for _ in range(3):
+        response = api.chat({"model": "kept", "messages": user("hi"), "stream": True})
+        assert sse_events(response)[-1] == "[DONE]"
+    assert server.accepted == 1, "each stream ended its response cleanly, so the next reused the connection"
+    assert UsageRecord.objects.count() == 3

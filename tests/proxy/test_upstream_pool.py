@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -22,8 +23,10 @@ class Server:
     connection, or, with ``hang_up`` set, closes it after answering without saying so
     (as an upstream does when its own keep-alive runs out)."""
 
-    def __init__(self, *, hang_up: bool = False) -> None:
+    def __init__(self, *, hang_up: bool = False, pieces: list[bytes] | None = None, pause: float = 0.0) -> None:
         self.hang_up = hang_up
+        self.pieces = pieces or [RESPONSE]
+        self.pause = pause  # between the pieces of an answer
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -62,7 +65,10 @@ class Server:
                     buffer += conn.recv(65536)
                 buffer = buffer[length:]
                 self.release.wait(10)
-                conn.sendall(RESPONSE)
+                for i, piece in enumerate(self.pieces):
+                    if i:
+                        time.sleep(self.pause)
+                    conn.sendall(piece)
                 if self.hang_up:
                     return
 
@@ -183,14 +189,35 @@ def test_an_idle_connection_past_its_keepalive_is_not_reused(
     assert pool().idle_count == 1, "the expired one was closed, not kept"
 
 
-def test_a_response_closed_before_its_end_closes_its_connection(fresh_transport: None) -> None:
-    server = Server()
-    response = upstream.post(
-        server.url, content=b"{}", headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
-    )
-    response.close()  # the body never read: the connection is mid-response, not reusable
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+DONE_CHUNK = b"e\r\ndata: [DONE]\n\n\r\n"
+
+
+def stop_at_done(url: str) -> float:
+    """Read a stream up to its [DONE] event, then close it, as the relay does; how long
+    the close took."""
+    response = upstream.post(url, content=b"{}", headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5})
+    assert next(iter(response.stream)) == b"data: [DONE]\n\n"  # type: ignore[arg-type]
+    started = time.monotonic()
+    response.close()
+    return time.monotonic() - started
+
+
+def test_a_stream_closed_at_its_done_event_keeps_its_connection(fresh_transport: None) -> None:
+    # The closing chunk comes just after [DONE], as it does from a real server.
+    server = Server(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=0.01)
+    for _ in range(3):
+        stop_at_done(server.url)
+    assert server.accepted == 1, "each close read the closing chunk, so the connection went back idle"
+    assert pool().idle_count == 1
+
+
+def test_a_body_that_does_not_end_soon_closes_its_connection_at_once(fresh_transport: None) -> None:
+    server = Server(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=2)
+    assert stop_at_done(server.url) < 0.5
     assert pool().idle_count == 0
-    assert call(server.url) == 200
+    server.pause = 0
+    assert stop_at_done(server.url) < 0.5
     assert server.accepted == 2
 
 
