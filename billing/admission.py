@@ -53,6 +53,10 @@ _COUNTER_TTL = 45 * 24 * 3600  # a month's counters outlive the month
 # The clock; tests replace it (as DRF's SimpleRateThrottle.timer).
 clock: Callable[[], float] = time.time
 
+# A counter rebuild holds its tenant's lock this long at most; waiters poll this often.
+REBUILD_LOCK_SECONDS = 10.0
+REBUILD_POLL_SECONDS = 0.02
+
 # After Redis fails, admission uses the fallback for this long before trying Redis again.
 REDIS_RETRY_SECONDS = 5.0
 _redis_down_until = 0.0
@@ -267,6 +271,12 @@ redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 return 1
 """
 
+# KEYS: lock; ARGV: holder. Deletes the lock only if this holder still has it.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 def _redis() -> Any:
     from django_redis import get_redis_connection
@@ -343,8 +353,7 @@ def _admit_redis(ask: Ask, now: float, month: str, start: datetime, end: datetim
     script = _script("admit", _ADMIT)
     result = [_text(x) for x in script(keys=keys, args=argv)]
     if result[0] == "init":
-        _rebuild(ask, month, start, end, keys, prepaid)
-        result = [_text(x) for x in script(keys=keys, args=argv)]
+        result = _admit_after_rebuild(ask, month, start, end, keys, prepaid, lambda: script(keys=keys, args=argv))
     if result[0] == "rate":
         raise _rate_error(result[1], int(result[2]), int(result[3]), ask, now)
     if result[0] == "quota":
@@ -357,6 +366,33 @@ def _admit_redis(ask: Ask, now: float, month: str, start: datetime, end: datetim
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _admit_after_rebuild(
+    ask: Ask, month: str, start: datetime, end: datetime, keys: list[str], prepaid: bool, run: Callable[[], Any]
+) -> list[str]:
+    """Admission once the counters are back, with one rebuild per tenant at a time.
+
+    After a flush, every request in flight finds the counters missing at once. Each
+    rebuild sums the month's ledger, so one request per tenant takes a short Redis lock
+    and rebuilds; the others poll until the counters are there. If the rebuilder dies,
+    its lock expires and the next waiter rebuilds.
+    """
+    lock = f"tw:rebuild:t{ask.tenant_id}:{month}"
+    give_up = time.monotonic() + 2 * REBUILD_LOCK_SECONDS
+    while True:
+        if _redis().set(lock, ask.request_id, nx=True, px=int(REBUILD_LOCK_SECONDS * 1000)):
+            try:
+                _rebuild(ask, month, start, end, keys, prepaid)
+            finally:
+                _script("unlock", _UNLOCK)(keys=[lock], args=[ask.request_id])
+        elif time.monotonic() > give_up:  # the lock outlived any rebuild: do it unlocked
+            _rebuild(ask, month, start, end, keys, prepaid)
+        else:
+            time.sleep(REBUILD_POLL_SECONDS)
+        result = [_text(x) for x in run()]
+        if result[0] != "init":
+            return result
 
 
 def _rebuild(ask: Ask, month: str, start: datetime, end: datetime, keys: list[str], prepaid: bool) -> None:

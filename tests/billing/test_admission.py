@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -11,12 +12,14 @@ import redis as redis_lib
 from django.core.cache import cache
 from django.test import Client
 
-from billing import admission
+from billing import admission, ledger
+from billing.admission import QuotaExceeded
 from billing.models import Account, CreditEntry, Model, Reservation, UsageRecord
 from billing.pricing import TokenUsage, cost_of
 from proxy import tokens
 from tenants import services
 from tenants.models import ApiKey, Tenant
+from tests.billing import factories
 from tests.conftest import Api, Catalog, free_port, sse_events, user
 
 pytestmark = pytest.mark.django_db
@@ -373,3 +376,69 @@ def test_topup_command_makes_a_prepaid_tenant_able_to_spend(
         call_command("topup", "acme", "abc")
     with pytest.raises(CommandError):
         call_command("topup", "acme", "0")
+
+
+@pytest.mark.django_db(transaction=True)  # the callers are threads, each on its own connection
+def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from django.db import connection
+
+    from billing.admission import Ask, Limits
+
+    model = Model.objects.create(name="m")
+    row = factories.usage_entry(tenant_id=tenant.pk, model_id=model.pk, created_at=datetime.now(UTC))
+    ledger.usage_record_create(entry=row)
+    UsageRecord.objects.filter(tenant=tenant).update(cost=Decimal("0.95"))  # spend Redis has not seen
+    rebuilds: list[int] = []
+    real = admission._rebuild
+
+    def slow_rebuild(*args: Any) -> None:
+        rebuilds.append(1)
+        time.sleep(0.3)  # a month's SUM over a big ledger takes a while: everyone piles up
+        real(*args)
+
+    monkeypatch.setattr(admission, "_rebuild", slow_rebuild)
+
+    def ask(request_id: str) -> Ask:
+        return Ask(
+            request_id=request_id,
+            tenant_id=tenant.pk,
+            api_key_id=None,
+            tenant_limits=Limits(),
+            key_limits=Limits(),
+            tokens=10,
+            amount=Decimal("0.005"),
+            tenant_budget=Decimal("0.99"),
+            key_budget=None,
+            timezone="UTC",
+            record={},
+        )
+
+    cache.clear()  # FLUSHDB
+    answers: list[Any] = [None] * 8
+    start = threading.Barrier(8)
+
+    def call(i: int) -> None:
+        try:
+            start.wait()
+            answers[i] = admission.admit(ask(f"herd-{i}"))
+        except Exception as exc:
+            answers[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(rebuilds) == 1, "one SUM over the ledger, not one per request"
+    assert [a.mode for a in answers] == ["redis"] * 8
+    # Rebuilt from the ledger: $0.95 spent, and 8 x $0.005 held, fill the $0.99 budget.
+    with pytest.raises(QuotaExceeded):
+        admission.admit(ask("herd-over"))
