@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import Any
 
 import httpcore
 import httpx
@@ -89,7 +90,7 @@ class Pool:
         # Keyed by (scheme, host, port): httpcore's Origin is not hashable.
         self._idle: dict[tuple[bytes, bytes, int], collections.deque[tuple[float, httpcore.HTTPConnection]]] = {}
         self._idle_count = 0
-        self._backend = httpcore.SyncBackend()
+        self._backend = _CorkedBackend()
 
     @property
     def idle_count(self) -> int:
@@ -163,6 +164,51 @@ class Pool:
             self._idle_count = 0
         for connection in idle:
             connection.close()
+
+
+class _CorkedStream(httpcore.NetworkStream):
+    """Writes wait for the next read, so a request's headers and body leave in one send
+    rather than two (h11 writes them apart): a syscall less per call on both ends."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+        self._pending: list[bytes] = []
+        self._timeout: float | None = None
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            self._pending.append(buffer)
+            self._timeout = timeout
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            self._flush()
+        except httpcore.WriteError:
+            pass  # as httpcore does: the server may have answered (a 413, say) and hung up
+        return self._inner.read(max_bytes, timeout)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending = []
+            self._inner.write(data, self._timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        self._flush()
+        return _CorkedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _CorkedBackend(httpcore.SyncBackend):
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        return _CorkedStream(super().connect_tcp(*args, **kwargs))
 
 
 def _key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from httpcore._backends.sync import SyncStream
 
 from proxy import upstream
 from proxy.upstream import Pool
@@ -230,3 +231,47 @@ def test_calls_still_fail_cleanly_when_nothing_listens(fresh_transport: None, se
         with pytest.raises(httpx.ConnectError):
             call(f"http://127.0.0.1:{port}/v1", pool_timeout=0.5)
     assert pool().idle_count == 0
+
+
+def test_a_request_leaves_in_one_send(fresh_transport: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    sends: list[bytes] = []
+    real_write = SyncStream.write
+
+    def counting_write(self: SyncStream, buffer: bytes, timeout: float | None = None) -> None:
+        sends.append(buffer)
+        real_write(self, buffer, timeout)
+
+    monkeypatch.setattr(SyncStream, "write", counting_write)
+    server = Server()
+    body = b'{"model": "m", "messages": []}'
+    response = upstream.post(
+        server.url, content=body, headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
+    )
+    response.read()
+    response.close()
+    assert response.status_code == 200
+    assert len(sends) == 1, "headers and body together"
+    assert sends[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and sends[0].endswith(b"\r\n\r\n" + body)
+
+
+def test_a_server_that_answers_and_hangs_up_before_the_body_is_still_heard(fresh_transport: None) -> None:
+    # An upstream refusing a request at once (here a 413) may close before reading it.
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    def refuse() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(100)
+            conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.3)
+
+    threading.Thread(target=refuse, daemon=True).start()
+    big = b"x" * (8 * 1024 * 1024)
+    response = upstream.post(
+        f"http://127.0.0.1:{port}/v1", content=big, headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
+    )
+    response.close()
+    assert response.status_code == 413
+    sock.close()
