@@ -50,6 +50,14 @@ def slow_first_write(pause: float) -> Callable[[list[list[Any]]], list[bool]]:
     return write
 
 
+@pytest.fixture
+def group(monkeypatch: pytest.MonkeyPatch) -> GroupInsert:
+    """The ledger's group insert, its first statement held so that every caller queues."""
+    installed = GroupInsert(slow_first_write(0.3))
+    monkeypatch.setattr(ledger, "group_insert", installed)
+    return installed
+
+
 def concurrently(entries: list[UsageEntry]) -> list[Any]:
     """Each entry written by its own thread, all released at once; the answer or the error."""
     answers: list[Any] = [None] * len(entries)
@@ -73,10 +81,8 @@ def concurrently(entries: list[UsageEntry]) -> list[Any]:
 
 
 def test_concurrent_rows_share_a_commit_and_each_call_gets_its_own_answer(
-    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
+    entry: UsageEntry, group: GroupInsert
 ) -> None:
-    group = GroupInsert(slow_first_write(0.3))
-    monkeypatch.setattr(ledger, "group_insert", group)
     entries = [dataclasses.replace(entry, request_id=f"req-{i}") for i in range(24)]
     entries += [dataclasses.replace(entry, request_id="req-twice")] * 2  # a retried call
 
@@ -91,9 +97,7 @@ def test_concurrent_rows_share_a_commit_and_each_call_gets_its_own_answer(
     assert group.batches == 2
 
 
-def test_a_bad_row_fails_only_its_own_call(entry: UsageEntry, monkeypatch: pytest.MonkeyPatch) -> None:
-    group = GroupInsert(slow_first_write(0.3))
-    monkeypatch.setattr(ledger, "group_insert", group)
+def test_a_bad_row_fails_only_its_own_call(entry: UsageEntry, group: GroupInsert) -> None:
     entries = [dataclasses.replace(entry, request_id=f"req-{i}") for i in range(6)]
     entries[3] = dataclasses.replace(entry, request_id="req-bad", model_id=entry.model_id + 1000)  # no such model
 
@@ -144,11 +148,7 @@ def stored(prefix: str) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in ("id", "request_id")} for row in rows]
 
 
-def test_a_large_batch_stores_each_row_exactly_as_a_lone_insert_does(
-    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    group = GroupInsert(slow_first_write(0.3))
-    monkeypatch.setattr(ledger, "group_insert", group)
+def test_a_large_batch_stores_each_row_exactly_as_a_lone_insert_does(entry: UsageEntry, group: GroupInsert) -> None:
     alone = [usage_record_create(entry=e) for e in varied(entry, "alone")]
     assert group.batches == 6
 
@@ -159,11 +159,7 @@ def test_a_large_batch_stores_each_row_exactly_as_a_lone_insert_does(
     assert len(stored("batch")) == 6 and stored("batch") == stored("alone")
 
 
-def test_a_batch_never_truncates_a_value_too_long_for_its_column(
-    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    group = GroupInsert(slow_first_write(0.3))
-    monkeypatch.setattr(ledger, "group_insert", group)
+def test_a_batch_never_truncates_a_value_too_long_for_its_column(entry: UsageEntry, group: GroupInsert) -> None:
     entries = [dataclasses.replace(entry, request_id=f"req-{i}") for i in range(7)]
     entries[4] = dataclasses.replace(entry, request_id="req-long", upstream_model="m" * 201)  # varchar(200)
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
-import threading
-import time
 
 import pytest
 
 from billing.models import UsageRecord
 from proxy.adapters.base import sse_data
 from tests.conftest import Api, Catalog, Upstream, sse_events, user
+from tests.rawhttp import RawServer
 
 CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up"}
 
@@ -44,33 +42,6 @@ def test_a_last_event_without_its_blank_line_is_kept() -> None:
     assert list(sse_data([b"data: one\r\n\r\ndata: two\r"])) == ["one", "two"]
 
 
-class RawUpstream:
-    """One-shot HTTP/1.1 server on loopback that answers with raw bytes, in pieces with
-    pauses between them, so the gateway reads them as separate network chunks."""
-
-    def __init__(self, head: bytes, pieces: list[bytes]) -> None:
-        self.head, self.pieces = head, pieces
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(65536)
-            head, _, body = request.partition(b"\r\n\r\n")
-            length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))[15:])
-            while len(body) < length:
-                body += conn.recv(65536)
-            conn.sendall(self.head)
-            for piece in self.pieces:
-                conn.sendall(piece)
-                time.sleep(0.02)
-        self.sock.close()
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
 def test_a_crlf_stream_in_odd_pieces_is_relayed_and_billed(api: Api, catalog: Catalog, compressed: bool) -> None:
@@ -85,9 +56,9 @@ def test_a_crlf_stream_in_odd_pieces_is_relayed_and_billed(api: Api, catalog: Ca
     if compressed:
         body, encoding = gzip.compress(body), b"Content-Encoding: gzip\r\n"
     pieces = [body[i : i + 7] for i in range(0, len(body), 7)]  # splits CRLFs and characters
-    server = RawUpstream(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + encoding + b"Connection: close\r\n\r\n", pieces
-    )
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + encoding + b"Connection: close\r\n\r\n"
+    # Sent in pieces with pauses between them, so the gateway reads them as separate chunks.
+    server = RawServer(pieces=[head, *pieces], pause=0.02, hang_up=True)
     catalog.add_http_model("raw", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
 
     response = api.chat({"model": "raw", "messages": user("hi"), "stream": True})
@@ -101,59 +72,20 @@ def test_a_crlf_stream_in_odd_pieces_is_relayed_and_billed(api: Api, catalog: Ca
     assert row.outcome == UsageRecord.Outcome.COMPLETED
 
 
-class KeepAliveUpstream:
-    """An OpenAI-style streaming server on loopback that keeps its connections open between
-    answers (chunked, HTTP/1.1), sending the closing chunk a moment after [DONE]."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
-        events = [
+@pytest.mark.django_db
+def test_streams_one_after_another_share_one_upstream_connection(api: Api, catalog: Catalog) -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+    body = frame(
+        [
             json.dumps({**CHUNK, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}),
             json.dumps({**CHUNK, "choices": [], "usage": usage}),
             "[DONE]",
-        ]
-        body = frame(events, b"\n")
-        with conn:
-            pending = b""
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                length = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length"))[15:])
-                while len(pending) < length:
-                    pending += conn.recv(65536)
-                pending = pending[length:]
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    + f"{len(body):x}\r\n".encode()
-                    + body
-                    + b"\r\n"
-                )
-                time.sleep(0.005)
-                conn.sendall(b"0\r\n\r\n")
-
-
-@pytest.mark.django_db
-def test_streams_one_after_another_share_one_upstream_connection(api: Api, catalog: Catalog) -> None:
-    server = KeepAliveUpstream()
+        ],
+        b"\n",
+    )
+    # Chunked HTTP/1.1 that keeps the connection, the closing chunk a moment after [DONE].
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = RawServer(pieces=[head + f"{len(body):x}\r\n".encode() + body + b"\r\n", b"0\r\n\r\n"], pause=0.005)
     catalog.add_http_model("kept", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
     for _ in range(3):
         response = api.chat({"model": "kept", "messages": user("hi"), "stream": True})

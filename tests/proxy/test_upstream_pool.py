@@ -15,67 +15,7 @@ from httpcore._backends.sync import SyncStream
 
 from proxy import upstream
 from proxy.upstream import Pool
-
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-
-class Server:
-    """HTTP/1.1 on loopback that answers every request with ``{}`` and keeps the
-    connection, or, with ``hang_up`` set, closes it after answering without saying so
-    (as an upstream does when its own keep-alive runs out)."""
-
-    def __init__(self, *, hang_up: bool = False, pieces: list[bytes] | None = None, pause: float = 0.0) -> None:
-        self.hang_up = hang_up
-        self.pieces = pieces or [RESPONSE]
-        self.pause = pause  # between the pieces of an answer
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.release = threading.Event()
-        self.release.set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":")[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length")
-                    ),
-                    0,
-                )
-                while len(buffer) < length:  # read the body, so a hang-up is a clean FIN
-                    buffer += conn.recv(65536)
-                buffer = buffer[length:]
-                self.release.wait(10)
-                for i, piece in enumerate(self.pieces):
-                    if i:
-                        time.sleep(self.pause)
-                    conn.sendall(piece)
-                if self.hang_up:
-                    return
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+from tests.rawhttp import RawServer
 
 
 @pytest.fixture
@@ -104,7 +44,7 @@ def pool() -> Pool:
 
 
 def test_sequential_calls_reuse_one_connection(fresh_transport: None) -> None:
-    server = Server()
+    server = RawServer()
     assert [call(server.url) for _ in range(20)] == [200] * 20
     assert server.accepted == 1
     assert pool().idle_count == 1
@@ -114,7 +54,7 @@ def test_idle_connections_are_capped_at_the_keepalive_limit(
     fresh_transport: None, settings: pytest.FixtureRequest
 ) -> None:
     settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_MAX_KEEPALIVE": 3}  # type: ignore[attr-defined]
-    server = Server()
+    server = RawServer()
     server.release.clear()  # hold every answer until all eight calls are in flight
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(call(server.url))) for _ in range(8)]
@@ -136,7 +76,7 @@ def test_idle_connections_are_capped_at_the_keepalive_limit(
 
 
 def test_a_connection_the_server_closed_is_never_reused(fresh_transport: None) -> None:
-    server = Server(hang_up=True)
+    server = RawServer(hang_up=True)
     for _ in range(6):
         # Sent on the last call's socket, whose FIN has arrived while the pool held it
         # as idle, this call would fail: it gets a new connection instead.
@@ -147,7 +87,7 @@ def test_a_connection_the_server_closed_is_never_reused(fresh_transport: None) -
 
 def test_a_full_pool_queues_the_next_call_until_one_is_free(fresh_transport: None, settings: object) -> None:
     settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_MAX_CONNECTIONS": 2}  # type: ignore[attr-defined]
-    server = Server()
+    server = RawServer()
     server.release.clear()
     results: list[int] = []
     threads = [threading.Thread(target=lambda: results.append(call(server.url))) for _ in range(5)]
@@ -166,7 +106,7 @@ def test_a_call_that_waits_too_long_for_a_connection_fails_with_a_pool_timeout(
     fresh_transport: None, settings: object
 ) -> None:
     settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_MAX_CONNECTIONS": 1}  # type: ignore[attr-defined]
-    server = Server()
+    server = RawServer()
     held = upstream.post(
         server.url, content=b"{}", headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
     )
@@ -182,7 +122,7 @@ def test_an_idle_connection_past_its_keepalive_is_not_reused(
     fresh_transport: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(upstream, "KEEPALIVE_EXPIRY", 0.1)
-    server = Server()
+    server = RawServer()
     assert call(server.url) == 200
     threading.Event().wait(0.3)
     assert call(server.url) == 200
@@ -206,7 +146,7 @@ def stop_at_done(url: str) -> float:
 
 def test_a_stream_closed_at_its_done_event_keeps_its_connection(fresh_transport: None) -> None:
     # The closing chunk comes just after [DONE], as it does from a real server.
-    server = Server(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=0.01)
+    server = RawServer(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=0.01)
     for _ in range(3):
         stop_at_done(server.url)
     assert server.accepted == 1, "each close read the closing chunk, so the connection went back idle"
@@ -214,7 +154,7 @@ def test_a_stream_closed_at_its_done_event_keeps_its_connection(fresh_transport:
 
 
 def test_a_body_that_does_not_end_soon_closes_its_connection_at_once(fresh_transport: None) -> None:
-    server = Server(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=2)
+    server = RawServer(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=2)
     assert stop_at_done(server.url) < 0.5
     assert pool().idle_count == 0
     server.pause = 0
@@ -242,7 +182,7 @@ def test_a_request_leaves_in_one_send(fresh_transport: None, monkeypatch: pytest
         real_write(self, buffer, timeout)
 
     monkeypatch.setattr(SyncStream, "write", counting_write)
-    server = Server()
+    server = RawServer()
     body = b'{"model": "m", "messages": []}'
     response = upstream.post(
         server.url, content=body, headers={}, timeout={"connect": 5, "read": 5, "write": 5, "pool": 5}
