@@ -40,7 +40,8 @@ class ChunkStream(Protocol):
     """An open upstream stream of OpenAI chunk dicts.
 
     Iterating raises :class:`UpstreamError` if the stream fails or ends before its end
-    marker; ``close()`` releases the connection, and is safe to call twice.
+    marker (and closes it then). ``close()`` releases the connection, and is safe to call
+    twice: the reader calls it once done, even after the end marker.
     """
 
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
