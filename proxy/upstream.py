@@ -14,6 +14,7 @@ The pool is Tollway's (``Pool``): httpcore's connections, with O(1) bookkeeping.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import ssl
 import threading
@@ -181,10 +182,9 @@ class _CorkedStream(httpcore.NetworkStream):
             self._timeout = timeout
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
+        # As httpcore does: the server may have answered (a 413, say) and hung up.
+        with contextlib.suppress(httpcore.WriteError):
             self._flush()
-        except httpcore.WriteError:
-            pass  # as httpcore does: the server may have answered (a 413, say) and hung up
         return self._inner.read(max_bytes, timeout)
 
     def _flush(self) -> None:
