@@ -4,6 +4,7 @@ bytes given verbatim, so a test controls framing, chunk boundaries and hang-ups.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
@@ -15,8 +16,16 @@ class RawServer:
     and keeps the connection; with ``hang_up`` set it closes it after answering without
     saying so (as an upstream does when its own keep-alive runs out)."""
 
-    def __init__(self, *, hang_up: bool = False, pieces: list[bytes] | None = None, pause: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        hang_up: bool = False,
+        pieces: list[bytes] | None = None,
+        pause: float = 0.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.hang_up = hang_up
+        self.tls = tls
         self.pieces = pieces or [RESPONSE]
         self.pause = pause  # between the pieces of an answer
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -36,6 +45,12 @@ class RawServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # the client refused the certificate
+                conn.close()
+                return
         with conn:
             buffer = b""
             while True:
@@ -66,4 +81,5 @@ class RawServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1/chat/completions"

@@ -4,10 +4,14 @@ ran out is never used, and a full pool makes calls wait, then fail cleanly."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -215,3 +219,50 @@ def test_a_server_that_answers_and_hangs_up_before_the_body_is_still_heard(fresh
     response.close()
     assert response.status_code == 413
     sock.close()
+
+
+def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A certificate for 127.0.0.1: the server's TLS context, and a client's that trusts it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    return server, client
+
+
+def test_https_upstreams_are_verified_and_their_connections_reused(
+    fresh_transport: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server_tls, client_tls = self_signed(tmp_path)
+    server = RawServer(tls=server_tls)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        call(server.url)  # the public CA bundle does not know this certificate
+    upstream.transport().close()
+    monkeypatch.setattr(upstream, "_transport", None)
+    monkeypatch.setattr(httpx, "create_ssl_context", lambda **_: client_tls)
+    assert [call(server.url) for _ in range(5)] == [200] * 5
+    assert server.accepted == 2, "one refused handshake, then one connection for all five"
+    assert pool().idle_count == 1
