@@ -122,12 +122,20 @@ class Pool:
 
     def _checkout(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
         while True:
+            stale: list[httpcore.HTTPConnection] = []
             with self._lock:
                 stack = self._idle.get(_key(origin))
                 if not stack:
                     break
-                _, connection = stack.pop()
+                since, connection = stack.pop()
                 self._idle_count -= 1
+                if since < time.monotonic() - self._keepalive_expiry:
+                    # Past its keep-alive, and every one below it is older: drop them all.
+                    stale = [c for _, c in stack]
+                    self._idle_count -= len(stack)
+                    stack.clear()
+            for old in stale:
+                old.close()
             if connection.is_idle() and not connection.has_expired():
                 return connection
             connection.close()

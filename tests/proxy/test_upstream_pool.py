@@ -266,3 +266,23 @@ def test_https_upstreams_are_verified_and_their_connections_reused(
     assert [call(server.url) for _ in range(5)] == [200] * 5
     assert server.accepted == 2, "one refused handshake, then one connection for all five"
     assert pool().idle_count == 1
+
+
+def test_idle_connections_left_past_their_keepalive_all_close_on_the_next_call(
+    fresh_transport: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream, "KEEPALIVE_EXPIRY", 0.2)
+    server = RawServer()
+    server.release.clear()
+    threads = [threading.Thread(target=call, args=(server.url,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(0.2)
+    server.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert pool().idle_count == 4
+    threading.Event().wait(0.4)  # traffic stops; all four outlive their keep-alive
+    assert call(server.url) == 200
+    assert server.accepted == 5
+    assert pool().idle_count == 1, "the four stale ones closed at once, the new one kept"
