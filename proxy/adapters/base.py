@@ -144,37 +144,34 @@ def openai_usage(usage: TokenUsage) -> dict[str, Any]:
 
 def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
     """The ``data:`` payloads of a server-sent event stream, one per event, from the body's
-    bytes as they arrive. Lines end in LF, CRLF or CR, as the SSE spec allows."""
+    bytes as they arrive."""
     data: list[str] = []
+    for line in _sse_lines(chunks):
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" ").decode("utf-8", "replace"))
+
+
+def _sse_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The stream's lines, which end in LF, CRLF or CR (as the SSE spec allows), however
+    the network split them; the end of the stream ends the last line and event."""
     pending = b""
     for chunk in chunks:
-        pending = pending + chunk if pending else chunk
-        if b"\r" in pending:
-            # A CR at the very end may be half of a CRLF: wait for the next chunk.
-            held = pending.endswith(b"\r")
-            if held:
-                pending = pending[:-1]
-            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if held:
-                lines = pending.split(b"\n")
-                pending = lines.pop() + b"\r"
-            else:
-                lines = pending.split(b"\n")
-                pending = lines.pop()
-        else:
-            lines = pending.split(b"\n")
-            pending = lines.pop()
-        for line in lines:
-            if not line:
-                if data:
-                    yield "\n".join(data)
-                    data = []
-            elif line.startswith(b"data:"):
-                data.append(line[5:].lstrip(b" ").decode("utf-8", "replace"))
-    if pending.rstrip(b"\r").startswith(b"data:"):
-        data.append(pending.rstrip(b"\r")[5:].lstrip(b" ").decode("utf-8", "replace"))
-    if data:
-        yield "\n".join(data)
+        pending += chunk
+        held = pending.endswith(b"\r")  # may be half of a CRLF: it waits for the next chunk
+        complete = pending[:-1] if held else pending
+        if b"\r" in complete:
+            complete = complete.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, pending = complete.split(b"\n")
+        if held:
+            pending += b"\r"
+        yield from lines
+    if pending:
+        yield pending.rstrip(b"\r")
+    yield b""
 
 
 def bad_event() -> UpstreamError:
