@@ -89,17 +89,19 @@ def _fields(vendor: str) -> tuple[Any, ...]:
     return tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
 
 
+_ON_CONFLICT = "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+
+
+def _into(vendor: str) -> str:
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in _fields(vendor))
+    return f"INSERT INTO {connection.ops.quote_name(UsageRecord._meta.db_table)} ({columns})"  # names from _meta
+
+
 @lru_cache(maxsize=256)
 def _insert_sql(vendor: str, rows: int) -> str:
     """The INSERT for ``rows`` rows, built once per vendor and size rather than per call."""
-    fields = _fields(vendor)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    table = connection.ops.quote_name(UsageRecord._meta.db_table)
-    one = f"({', '.join(['%s'] * len(fields))})"
-    return (
-        f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * rows)} "  # noqa: S608  # names from _meta
-        "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-    )
+    one = f"({', '.join(['%s'] * len(_fields(vendor)))})"
+    return f"{_into(vendor)} VALUES {', '.join([one] * rows)} {_ON_CONFLICT}"
 
 
 # Above this many rows a batch goes as one array per column (_unnest_sql): the VALUES
@@ -113,14 +115,8 @@ def _unnest_sql(vendor: str) -> str:
     """One INSERT for any number of rows, each column one array parameter: one short
     statement, prepared once per connection. The arrays are cast to the columns' base
     types; the insert's own assignment casts then check lengths and precision as usual."""
-    fields = _fields(vendor)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    table = connection.ops.quote_name(UsageRecord._meta.db_table)
-    arrays = ", ".join(f"%s::{re.sub(r'[(].*[)]', '', f.db_type(connection))}[]" for f in fields)
-    return (
-        f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608  # names from _meta
-        "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-    )
+    arrays = ", ".join(f"%s::{re.sub(r'[(].*[)]', '', f.db_type(connection))}[]" for f in _fields(vendor))
+    return f"{_into(vendor)} SELECT * FROM unnest({arrays}) {_ON_CONFLICT}"  # noqa: S608  # names from _meta
 
 
 def _insert_once(row: UsageRecord) -> bool:
