@@ -122,20 +122,17 @@ class Pool:
 
     def _checkout(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
         while True:
-            stale: list[httpcore.HTTPConnection] = []
+            connection = None
             with self._lock:
                 stack = self._idle.get(_key(origin))
-                if not stack:
-                    break
-                since, connection = stack.pop()
-                self._idle_count -= 1
-                if since < time.monotonic() - self._keepalive_expiry:
-                    # Past its keep-alive, and every one below it is older: drop them all.
-                    stale = [c for _, c in stack]
-                    self._idle_count -= len(stack)
-                    stack.clear()
+                stale = self._expire(stack) if stack else []
+                if stack:
+                    _, connection = stack.pop()
+                    self._idle_count -= 1
             for old in stale:
                 old.close()
+            if connection is None:
+                break
             if connection.is_idle() and not connection.has_expired():
                 return connection
             connection.close()
@@ -149,22 +146,27 @@ class Pool:
     def _checkin(self, origin: httpcore.Origin, connection: httpcore.HTTPConnection) -> None:
         """Back from a finished response: kept idle if reusable and there is room."""
         self._slots.release()
-        now = time.monotonic()
-        stale: list[httpcore.HTTPConnection] = []
         with self._lock:
+            stack = self._idle.setdefault(_key(origin), collections.deque())
+            stale = self._expire(stack)
             keep = connection.is_idle() and self._idle_count < self._max_keepalive
             if keep:
-                stack = self._idle.setdefault(_key(origin), collections.deque())
-                stack.append((now, connection))
+                stack.append((time.monotonic(), connection))
                 self._idle_count += 1
-                # The oldest idle connections sit at the bottom: drop those past keep-alive.
-                while stack[0][0] < now - self._keepalive_expiry:
-                    stale.append(stack.popleft()[1])
-                    self._idle_count -= 1
         if not keep:
             stale.append(connection)
         for old in stale:
             old.close()
+
+    def _expire(self, stack: collections.deque[tuple[float, httpcore.HTTPConnection]]) -> list[httpcore.HTTPConnection]:
+        """Under the lock: the idle connections past their keep-alive, taken off the bottom
+        of ``stack``, where the oldest sit."""
+        cutoff = time.monotonic() - self._keepalive_expiry
+        stale = []
+        while stack and stack[0][0] < cutoff:
+            stale.append(stack.popleft()[1])
+        self._idle_count -= len(stale)
+        return stale
 
     def close(self) -> None:
         with self._lock:
