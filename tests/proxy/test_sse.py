@@ -83,9 +83,9 @@ def test_streams_one_after_another_share_one_upstream_connection(api: Api, catal
         ],
         b"\n",
     )
-    # Chunked HTTP/1.1 that keeps the connection, the closing chunk a moment after [DONE].
+    # Chunked HTTP/1.1 that keeps the connection, the closing chunk sent after [DONE].
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    server = RawServer(pieces=[head + f"{len(body):x}\r\n".encode() + body + b"\r\n", b"0\r\n\r\n"], pause=0.005)
+    server = RawServer(pieces=[head + f"{len(body):x}\r\n".encode() + body + b"\r\n", b"0\r\n\r\n"])
     catalog.add_http_model("kept", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
     for _ in range(3):
         response = api.chat({"model": "kept", "messages": user("hi"), "stream": True})

@@ -277,7 +277,10 @@ def test_idle_connections_left_past_their_keepalive_all_close_on_the_next_call(
     threads = [threading.Thread(target=call, args=(server.url,)) for _ in range(4)]
     for thread in threads:
         thread.start()
-    threading.Event().wait(0.2)
+    for _ in range(100):  # all four in flight at once: four connections
+        if server.accepted == 4:
+            break
+        threading.Event().wait(0.05)
     server.release.set()
     for thread in threads:
         thread.join(10)
