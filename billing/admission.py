@@ -39,6 +39,7 @@ from django.db import transaction
 from django.db.models import Sum
 from redis.exceptions import RedisError
 
+from billing.ledger import give_back_connection
 from billing.models import Account, CreditEntry, Reservation, UsageRecord
 from config.cache import TieredCache
 from config.errors import ErrorCode, QuotaExceeded, RateLimited, UpstreamError
@@ -389,6 +390,7 @@ def _admit_after_rebuild(
         elif time.monotonic() > give_up:  # the lock outlived any rebuild: do it unlocked
             _rebuild(ask, month, start, end, keys, prepaid)
         else:
+            give_back_connection()  # the rebuilder needs one from the same pool
             time.sleep(REBUILD_POLL_SECONDS)
         result = [_text(x) for x in run()]
         if result[0] != "init":

@@ -261,14 +261,15 @@ class GroupInsert:
                 slot.wake.set()
 
 
-def _give_back_connection() -> None:
-    """A waiting caller hands its pooled connection back (it holds no transaction), so
-    the pool can never be drained by callers waiting on a leader that needs one."""
+def give_back_connection() -> None:
+    """A caller about to wait on another hands its pooled connection back (unless it is
+    in a transaction), so the pool can never be drained by callers waiting on one that
+    needs a connection to finish: the ledger's group leader, a counter rebuild."""
     if connection.connection is not None and not connection.in_atomic_block:
         connection.close()
 
 
-group_insert = GroupInsert(_write_rows, before_wait=_give_back_connection)
+group_insert = GroupInsert(_write_rows, before_wait=give_back_connection)
 
 
 def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) -> tuple[Decimal, bool]:

@@ -378,6 +378,23 @@ def test_topup_command_makes_a_prepaid_tenant_able_to_spend(
         call_command("topup", "acme", "0")
 
 
+def budget_ask(tenant: Tenant, request_id: str, *, amount: Decimal, budget: Decimal) -> admission.Ask:
+    """What a request asks of admission with only a tenant budget set."""
+    return admission.Ask(
+        request_id=request_id,
+        tenant_id=tenant.pk,
+        api_key_id=None,
+        tenant_limits=admission.Limits(),
+        key_limits=admission.Limits(),
+        tokens=10,
+        amount=amount,
+        tenant_budget=budget,
+        key_budget=None,
+        timezone="UTC",
+        record={},
+    )
+
+
 @pytest.mark.django_db(transaction=True)  # the callers are threads, each on its own connection
 def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
     tenant: Tenant, monkeypatch: pytest.MonkeyPatch
@@ -387,7 +404,7 @@ def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
 
     from django.db import connection
 
-    from billing.admission import Ask, Limits
+    from billing.admission import Ask
 
     model = Model.objects.create(name="m")
     row = factories.usage_entry(tenant_id=tenant.pk, model_id=model.pk, created_at=datetime.now(UTC))
@@ -404,19 +421,7 @@ def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
     monkeypatch.setattr(admission, "_rebuild", slow_rebuild)
 
     def ask(request_id: str) -> Ask:
-        return Ask(
-            request_id=request_id,
-            tenant_id=tenant.pk,
-            api_key_id=None,
-            tenant_limits=Limits(),
-            key_limits=Limits(),
-            tokens=10,
-            amount=Decimal("0.005"),
-            tenant_budget=Decimal("0.99"),
-            key_budget=None,
-            timezone="UTC",
-            record={},
-        )
+        return budget_ask(tenant, request_id, amount=Decimal("0.005"), budget=Decimal("0.99"))
 
     cache.clear()  # FLUSHDB
     answers: list[Any] = [None] * 8
@@ -442,3 +447,60 @@ def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
     # Rebuilt from the ledger: $0.95 spent, and 8 x $0.005 held, fill the $0.99 budget.
     with pytest.raises(QuotaExceeded):
         admission.admit(ask("herd-over"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_for_a_rebuild_never_starves_the_rebuilder_of_a_connection(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """Requests mid-flight hold pooled Postgres connections (their key and route lookups)
+    when they find the counters missing; the one rebuilding the counters may hold none.
+    Waiting, they must give theirs back, or the rebuild cannot get one."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    from billing.admission import Ask
+
+    pool_size = settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
+    admission.account_of(tenant.pk)  # cached: admission itself needs no connection before the rebuild
+    entered, real = threading.Event(), admission._rebuild
+
+    def rebuild_once_all_wait(*args: Any) -> None:
+        entered.set()
+        time.sleep(1.0)  # every other request is waiting now, each holding a connection
+        real(*args)
+
+    monkeypatch.setattr(admission, "_rebuild", rebuild_once_all_wait)
+
+    def ask(request_id: str) -> Ask:
+        return budget_ask(tenant, request_id, amount=Decimal("0.01"), budget=Decimal("100"))
+
+    answers: dict[str, Any] = {}
+
+    def request(request_id: str, *, lookups: bool) -> None:
+        try:
+            if lookups:
+                Tenant.objects.filter(pk=tenant.pk).exists()  # takes a pooled connection and keeps it
+                entered.wait(10)
+            answers[request_id] = admission.admit(ask(request_id))
+        except Exception as exc:
+            answers[request_id] = exc
+        finally:
+            connection.close()
+
+    cache.clear()  # FLUSHDB: the counters are gone
+    rebuilder = threading.Thread(target=request, args=("rebuilder",), kwargs={"lookups": False})
+    rebuilder.start()
+    entered.wait(10)
+    others = [threading.Thread(target=request, args=(f"r{i}",), kwargs={"lookups": True}) for i in range(pool_size)]
+    started = time.monotonic()
+    for thread in others:
+        thread.start()
+    for thread in [rebuilder, *others]:
+        thread.join(30)
+
+    assert all(isinstance(a, admission.Admission) for a in answers.values()), answers
+    assert len(answers) == pool_size + 1
+    assert time.monotonic() - started < 5, "nobody waited out the pool's timeout"
