@@ -40,6 +40,24 @@ def call(url: str, *, pool_timeout: float = 5) -> int:
     return response.status_code
 
 
+def all_at_once(server: RawServer, calls: int) -> list[int]:
+    """``calls`` calls in flight together: the server holds every answer until it has
+    accepted one connection per call. Their statuses."""
+    server.release.clear()
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(call(server.url))) for _ in range(calls)]
+    for thread in threads:
+        thread.start()
+    for _ in range(100):
+        if server.accepted >= calls:
+            break
+        threading.Event().wait(0.05)
+    server.release.set()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
 def pool() -> Pool:
     found = upstream.pool()
     assert isinstance(found, Pool)
@@ -59,19 +77,7 @@ def test_idle_connections_are_capped_at_the_keepalive_limit(
 ) -> None:
     settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_MAX_KEEPALIVE": 3}  # type: ignore[attr-defined]
     server = RawServer()
-    server.release.clear()  # hold every answer until all eight calls are in flight
-    results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(call(server.url))) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for _ in range(100):
-        if server.accepted == 8:
-            break
-        threading.Event().wait(0.05)
-    server.release.set()
-    for thread in threads:
-        thread.join(10)
-    assert results == [200] * 8
+    assert all_at_once(server, 8) == [200] * 8
     assert server.accepted == 8, "eight calls at once need eight connections"
     assert pool().idle_count == 3, "the other five closed as their responses did"
     call(server.url)
@@ -273,17 +279,7 @@ def test_idle_connections_left_past_their_keepalive_all_close_on_the_next_call(
 ) -> None:
     monkeypatch.setattr(upstream, "KEEPALIVE_EXPIRY", 0.2)
     server = RawServer()
-    server.release.clear()
-    threads = [threading.Thread(target=call, args=(server.url,)) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for _ in range(100):  # all four in flight at once: four connections
-        if server.accepted == 4:
-            break
-        threading.Event().wait(0.05)
-    server.release.set()
-    for thread in threads:
-        thread.join(10)
+    assert all_at_once(server, 4) == [200] * 4
     assert pool().idle_count == 4
     threading.Event().wait(0.4)  # traffic stops; all four outlive their keep-alive
     assert call(server.url) == 200
