@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    DOCUMENT_FINAL = "document_final"
+    INVALID_STATE = "invalid_state"
     RATE_LIMITED = "rate_limit_exceeded"
     INSUFFICIENT_QUOTA = "insufficient_quota"
     LIMITS_UNAVAILABLE = "limits_unavailable"
@@ -116,6 +118,23 @@ class MethodNotAllowed(TollwayError):
     status = 405
     type = "invalid_request_error"
     default_code = ErrorCode.METHOD_NOT_ALLOWED
+
+
+class DocumentFinal(TollwayError):
+    """A finalised invoice or an issued credit note was asked to change: it never does
+    (ARCHITECTURE §5.9). Raised by the models themselves, so no code path can do it."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = ErrorCode.DOCUMENT_FINAL
+
+
+class Conflict(TollwayError):
+    """The action does not fit the object's state (e.g. paying a void invoice)."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = ErrorCode.INVALID_STATE
 
 
 class RateLimited(TollwayError):
