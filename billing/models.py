@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -726,6 +727,16 @@ class Issuer(models.Model):
     def __str__(self) -> str:
         return self.legal_name
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _webhook_secret_fill(self)
+        super().save(*args, **kwargs)
+
+
+def _webhook_secret_fill(endpoint: Issuer | BillingProfile) -> None:
+    """An endpoint gets its signing secret (``whsec_…``) the first time it has a URL."""
+    if endpoint.webhook_url and not endpoint.webhook_secret:
+        endpoint.webhook_secret = f"whsec_{secrets.token_urlsafe(24)}"
+
 
 class IssuerLogo(models.Model):
     """A logo as uploaded, by its SHA-256: kept for good, so an invoice's snapshot of the issuer
@@ -806,6 +817,10 @@ class BillingProfile(models.Model):
 
     def __str__(self) -> str:
         return f"billing profile of {self.tenant}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _webhook_secret_fill(self)
+        super().save(*args, **kwargs)
 
 
 class ExchangeRate(models.Model):

@@ -112,3 +112,13 @@ def deliver_webhook(self: Any, event_id: int, target: str) -> None:
         if self.request.retries >= settings.TOLLWAY["DELIVERY_MAX_ATTEMPTS"] - 1:
             return
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+
+
+@shared_task(name="billing.spend_alert", ignore_result=True, autoretry_for=(OSError,), max_retries=3)
+def spend_alert(tenant_id: int, month: str, threshold: str, spend: str, limit: str) -> None:
+    """Send a spend or low-balance alert, once per tenant, month and threshold."""
+    from decimal import Decimal
+
+    from billing.alerts import spend_alert_send
+
+    spend_alert_send(tenant_id=tenant_id, month=month, threshold=threshold, spend=Decimal(spend), limit=Decimal(limit))

@@ -35,10 +35,6 @@ SIGNATURE_HEADER = "Tollway-Signature"
 TARGETS = ("tenant", "platform")
 
 
-def secret_new() -> str:
-    return f"whsec_{secrets.token_urlsafe(24)}"
-
-
 def sign(*, secret: str, timestamp: int, body: bytes) -> str:
     """The ``Tollway-Signature`` header value for ``body`` sent at ``timestamp``."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -215,9 +211,3 @@ def webhook_send(*, event: WebhookEvent, target: str, attempt: int) -> Delivery 
     if not ok:
         raise WebhookFailed(detail)
     return delivery
-
-
-def secrets_fill(instance: BillingProfile | Issuer) -> None:
-    """Give an endpoint a signing secret the first time it gets a URL."""
-    if instance.webhook_url and not instance.webhook_secret:
-        instance.webhook_secret = secret_new()
