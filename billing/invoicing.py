@@ -302,6 +302,10 @@ def _span(first: datetime, last: datetime) -> str:
     return f"{_day(first)}–{_day(last)}"
 
 
+def _pct(value: Decimal) -> str:
+    return f"{value.normalize():f}"
+
+
 def _label_repeats(lines: list[InvoiceLine], groups: dict[int, dict[str, Any]], tz: zoneinfo.ZoneInfo) -> None:
     """Say why a model appears more than once: a new list price, or a changed plan markup,
     from the local day it took effect; each such line also names the days it covers."""
@@ -325,7 +329,7 @@ def _label_repeats(lines: list[InvoiceLine], groups: dict[int, dict[str, Any]], 
             ):
                 why = f"price from {_day(first)}"
             else:
-                why = f"plan markup {previous['markup_percent']:g}% → {g['markup_percent']:g}% from {_day(first)}"
+                why = f"plan markup {_pct(previous['markup_percent'])}% → {_pct(g['markup_percent'])}% from {_day(first)}"
             span = _span(first, last)
             line.description = f"{line.description}, {why} ({span})" if why else f"{line.description} ({span})"
             previous = g

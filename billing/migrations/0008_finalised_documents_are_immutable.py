@@ -24,7 +24,7 @@ BEGIN
   IF NEW.status <> OLD.status AND NOT (
       (OLD.status = 'open' AND NEW.status IN ('paid', 'uncollectible', 'void'))
       OR (OLD.status = 'uncollectible' AND NEW.status IN ('paid', 'void'))) THEN
-    RAISE EXCEPTION 'invoice % is %: it cannot become %', OLD.number, OLD.status, NEW.status
+    RAISE EXCEPTION 'invoice % is final (%): it cannot become %', OLD.number, OLD.status, NEW.status
       USING ERRCODE = 'restrict_violation';
   END IF;
   RETURN NEW;

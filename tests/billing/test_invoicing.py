@@ -158,7 +158,9 @@ def test_finalising_twice_is_refused_clearly(tenant: Tenant, models: dict[str, M
     invoice = invoice_draft(tenant=tenant, period="2026-10", now=AFTER_OCT)
     assert invoice is not None
     invoice_finalize(invoice=invoice, now=AFTER_GRACE)
-    with pytest.raises(InvoicingError, match=r"TW-2026-000001 is already finalised \(open\).*credit note, or void it and reissue"):
+    with pytest.raises(
+        InvoicingError, match=r"TW-2026-000001 is already finalised \(open\).*credit note, or void it and reissue"
+    ):
         invoice_finalize(invoice=invoice, now=AFTER_GRACE)
 
 
