@@ -107,7 +107,7 @@ def test_only_the_state_moves_and_each_move_is_recorded(final: Invoice) -> None:
     paid = invoice_status_set(invoice=final, status="paid", by="alice", reference="BANK-42")
     assert (paid.status, paid.payment_reference, paid.status_changed_by) == ("paid", "BANK-42", "alice")
     assert paid.paid_on is not None and paid.status_changed_at is not None
-    with pytest.raises(Conflict, match="paid: it cannot become void.*credit note"):
+    with pytest.raises(Conflict, match=r"paid: it cannot become void.*credit note"):
         invoice_status_set(invoice=final, status="void", by="alice")
 
 

@@ -195,7 +195,7 @@ def test_void_and_reissue_moves_the_rows_and_takes_a_new_number(tenant: Tenant, 
     assert (invoice.status, invoice.number) == (Invoice.Status.VOID, "TW-2026-000001")
     assert reissued.number == "TW-2026-000002" and reissued.total_usd == Decimal("8.00")
     assert UsageRecord.objects.get().invoice_id == reissued.pk
-    with pytest.raises(InvoicingError, match="only an open .* or uncollectible invoice can be voided"):
+    with pytest.raises(InvoicingError, match=r"only an open .* or uncollectible invoice can be voided"):
         invoice_void(invoice=invoice, reason="again")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from billing.documents import invoice_pdf
 from billing.invoicing import InvoicingError, invoice_draft, invoice_finalize, to_cents
-from billing.money import exponent, round_money
 from billing.models import BillingProfile, CountryTaxRate, ExchangeRate, Invoice, Issuer, Model, UsageRecord
+from billing.money import exponent, round_money
 from billing.pricing import TokenUsage
 from tenants import services
 from tenants.models import Tenant
