@@ -329,7 +329,9 @@ def _label_repeats(lines: list[InvoiceLine], groups: dict[int, dict[str, Any]], 
             ):
                 why = f"price from {_day(first)}"
             else:
-                why = f"plan markup {_pct(previous['markup_percent'])}% → {_pct(g['markup_percent'])}% from {_day(first)}"
+                why = (
+                    f"plan markup {_pct(previous['markup_percent'])}% → {_pct(g['markup_percent'])}% from {_day(first)}"
+                )
             span = _span(first, last)
             line.description = f"{line.description}, {why} ({span})" if why else f"{line.description} ({span})"
             previous = g

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+import config.celery  # noqa: F401  # the configured app: a web process's .delay() uses its broker
 from billing import admission, invoicing, reports, rollups
 from tenants.models import Tenant
 
