@@ -717,7 +717,11 @@ class CreditNoteAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [
-            path("<int:pk>/<str:fmt>/", self.admin_site.admin_view(self.file_view), name="billing_creditnote_file"),
+            path(
+                "<int:pk>/download/<str:fmt>/",
+                self.admin_site.admin_view(self.file_view),
+                name="billing_creditnote_file",
+            ),
             *super().get_urls(),
         ]
 
@@ -849,7 +853,11 @@ class ReportAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [
-            path("<int:pk>/<str:fmt>/", self.admin_site.admin_view(self.download_view), name="billing_report_file"),
+            path(
+                "<int:pk>/download/<str:fmt>/",
+                self.admin_site.admin_view(self.download_view),
+                name="billing_report_file",
+            ),
             *super().get_urls(),
         ]
 
