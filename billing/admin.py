@@ -50,7 +50,7 @@ from billing.models import (
 )
 from billing.payments import invoice_status_set
 from billing.selectors import issuer_get, tenant_money
-from billing.tasks import email_document, enqueue
+from billing.tasks import email_document, enqueue_delivery
 from config.errors import TollwayError
 from tenants.admin import TenantAdmin as BaseTenantAdmin
 from tenants.models import Tenant
@@ -635,7 +635,7 @@ class InvoiceAdmin(admin.ModelAdmin):
     def resend(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         sent = 0
         for invoice in queryset.exclude(status=Invoice.Status.DRAFT):
-            enqueue(email_document, kind="invoice", document_id=invoice.pk)
+            enqueue_delivery(email_document, kind="invoice", document_id=invoice.pk)
             sent += 1
         self.message_user(request, f"Queued {sent} e-mail(s); the deliveries show on each invoice.", messages.SUCCESS)
 

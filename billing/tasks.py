@@ -7,6 +7,7 @@ transaction to commit, so a task never looks for rows that are not there yet.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -20,10 +21,25 @@ from billing import admission, invoicing, reports, rollups
 from tenants.models import Tenant
 
 BATCH = 200
+log = logging.getLogger(__name__)
 
 
 def enqueue(task: Any, **kwargs: Any) -> None:
     transaction.on_commit(lambda: task.delay(**kwargs))
+
+
+def enqueue_delivery(task: Any, **kwargs: Any) -> None:
+    """Like :func:`enqueue`, for deliveries of what already committed: a broker that is down,
+    or an eager task (the embedded default) that fails, is logged, never raised into the
+    request that finalised the invoice. The event and its Delivery rows show what happened."""
+
+    def send() -> None:
+        try:
+            task.delay(**kwargs)
+        except Exception as exc:
+            log.error("billing: could not deliver %s %s: %r", task.name, kwargs, exc)
+
+    transaction.on_commit(send)
 
 
 @shared_task(name="billing.sweep_reservations", ignore_result=True)

@@ -120,11 +120,11 @@ def event_record(
     )
     for target in TARGETS:
         if endpoint_of(event, target) is not None:
-            tasks.enqueue(tasks.deliver_webhook, event_id=event.pk, target=target)
+            tasks.enqueue_delivery(tasks.deliver_webhook, event_id=event.pk, target=target)
     if type == "invoice.finalized" and invoice is not None:
-        tasks.enqueue(tasks.email_document, kind="invoice", document_id=invoice.pk)
+        tasks.enqueue_delivery(tasks.email_document, kind="invoice", document_id=invoice.pk)
     if type == "credit_note.created" and credit_note is not None:
-        tasks.enqueue(tasks.email_document, kind="credit_note", document_id=credit_note.pk)
+        tasks.enqueue_delivery(tasks.email_document, kind="credit_note", document_id=credit_note.pk)
     return event
 
 

@@ -15,6 +15,7 @@ from billing.payments import invoice_status_set
 from config.celery import app
 from tenants.models import Tenant
 from tests.billing.finance import october_invoice
+from tests.conftest import free_port
 from tests.delivery import Inbox, Receiver
 
 pytestmark = pytest.mark.django_db
@@ -104,3 +105,21 @@ def test_a_private_address_is_refused_unless_allowed(tenant: Tenant, eager: None
     with pytest.raises(WebhookFailed, match="private address"):
         webhook_send(event=event, target="tenant", attempt=1)
     assert Delivery.objects.get().detail.endswith("refused")
+
+
+def test_a_mail_server_that_is_down_never_fails_the_finalisation(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    # given the embedded default's eager Celery (errors propagate) and no mail server listening
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    monkeypatch.setitem(app.conf, "task_eager_propagates", True)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
+    tenant.billing_email = "ap@acme.example"
+    tenant.save()
+    # when an invoice is finalised, it is, and the failed attempt is recorded on it
+    with django_capture_on_commit_callbacks(execute=True):
+        invoice = october_invoice(tenant)
+    assert invoice.status == "open"
+    failed = Delivery.objects.get(invoice=invoice)
+    assert (failed.channel, failed.ok, failed.attempt) == ("email", False, 1) and "Connection" in failed.detail
