@@ -771,8 +771,9 @@ class BillingProfile(models.Model):
     """Whom an invoice is addressed to and how it is taxed, paid and delivered.
 
     A one-to-one on the tenant, kept in ``billing`` because ``tenants`` may not import
-    billing (ARCHITECTURE §2b), and apart from :class:`Account` because the account is read
-    on every call (admission caches it, and a change to it rebuilds the spend counters),
+    billing (docs/architecture.md, "Which app imports which"), and apart from :class:`Account`
+    because the account is read on every call (admission caches it, and a change to it
+    rebuilds the spend counters),
     while these details change on a finance person's schedule. The billing e-mail stays
     ``Tenant.billing_email``.
     """

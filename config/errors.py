@@ -122,7 +122,7 @@ class MethodNotAllowed(TollwayError):
 
 class DocumentFinal(TollwayError):
     """A finalised invoice or an issued credit note was asked to change: it never does
-    (ARCHITECTURE §5.9). Raised by the models themselves, so no code path can do it."""
+    (docs/architecture.md, "Invariants"). Raised by the models themselves, so no code path can do it."""
 
     status = 409
     type = "invalid_request_error"

@@ -1,6 +1,6 @@
 """Finalised invoices become "open" (the payment state machine), and Postgres itself refuses
 to change a finalised invoice, its lines or an issued credit note: the last line behind the
-models' own guards (ARCHITECTURE §5.9). SQLite (the embedded default) has only the models'."""
+models' own guards (docs/architecture.md, "Invariants"). SQLite (the embedded default) has only the models'."""
 
 from django.db import migrations
 

@@ -1,5 +1,5 @@
 """A finalised invoice, its lines and its bill-to snapshot cannot change by any path; an
-issued credit note neither (ARCHITECTURE §5.9). Each path is tried: the admin, a model
+issued credit note neither (docs/architecture.md, "Invariants"). Each path is tried: the admin, a model
 save and delete, queryset update and delete, raw SQL (the Postgres trigger), and the API."""
 
 from __future__ import annotations
