@@ -30,6 +30,7 @@ rounded to the currency's minor unit once, the net is their sum, and tax is take
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import zoneinfo
@@ -53,6 +54,7 @@ from billing.pricing import markup_factor
 from billing.selectors import billing_profile_of, exchange_rate_on, issuer_get, tax_treatment
 from tenants.models import Tenant
 
+log = logging.getLogger(__name__)
 CENT = Decimal("0.01")
 RATE = Decimal("0.000000001")
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
@@ -572,8 +574,10 @@ def drafts_sweep(*, now: datetime | None = None, batch: int = 100) -> tuple[int,
         try:
             invoice_finalize(invoice=invoice, now=now)
             finalized += 1
-        except InvoicingError:
-            continue  # finalised meanwhile by someone else
+        except InvoicingError as exc:
+            # Finalised meanwhile by someone else, or waiting for finance (an exchange rate).
+            log.warning("invoicing: %s left a draft: %s", invoice, exc)
+            continue
     for invoice in Invoice.objects.filter(status=Invoice.Status.DRAFT, grace_until__gt=now).order_by("pk")[:batch]:
         invoice_draft(tenant=invoice.tenant, period=invoice.period, now=now)
         refreshed += 1
