@@ -635,7 +635,7 @@ def _quota_error(what: str, left: Decimal) -> QuotaExceeded:
         f"{_QUOTAS[what]}: ${left.quantize(MICRO)} is left, less than this request could cost. "
         "Raise the budget, top up credit, or lower max_tokens."
     )
-    error.limit = what  # type: ignore[attr-defined]  # issue 21: which limit, for billing.alerts
+    error.limit = what  # issue 21: which limit, for billing.alerts
     return error
 
 

@@ -171,7 +171,7 @@ def _refusing_key(tenant_id: int) -> str:
 def quota_refused(error: QuotaExceeded, *, tenant_id: int, month: str) -> QuotaExceeded:
     """A call was refused for budget or credit: say who can raise it, mark the tenant as
     refusing (the dashboard's banner), and count a tenant budget refusal as reaching 100 %."""
-    what = getattr(error, "limit", "")
+    what = error.limit
     config = configs.get(str(tenant_id))
     try:
         cache.set(_refusing_key(tenant_id), what or "budget", REFUSING_SECONDS)

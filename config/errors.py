@@ -149,6 +149,7 @@ class QuotaExceeded(TollwayError):
     status = 429
     type = "insufficient_quota"
     default_code = ErrorCode.INSUFFICIENT_QUOTA
+    limit: str = ""  # which one: tenant_budget, key_budget or credit (billing.admission)
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
