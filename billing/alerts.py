@@ -98,8 +98,8 @@ def spend_settled(
 ) -> None:
     """Called once a call's cost has joined the spend (and credit) counters; enqueues an
     alert for each threshold this call crossed. Reads only cached state."""
-    if cost <= 0:
-        return
+    if cost <= 0 or (spent_after is None and credit_after is None):
+        return  # nothing counted (a tenant with no budget and no credit has no counters)
     config = configs.get(str(tenant_id))
     if config is None:
         return
