@@ -6,11 +6,11 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv run migrate seed test lint typecheck pytest services format clean stack stack-down stack-status
+.PHONY: bench help venv run migrate seed test lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status
 
 help:
 	@echo "make run    build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
-	@echo "make test   ruff, mypy and pytest against real Postgres and Redis"
+	@echo "make test   ruff, mypy and pytest against real Postgres and Redis, then the live tests through PgBouncer"
 	@echo "make stack  nginx (TLS) in front of 2 gunicorn replicas, Celery worker and beat, on loopback"
 	@echo "            https://127.0.0.1:8443 (http :8080 redirects); stop with make stack-down"
 
@@ -56,7 +56,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The live lane (tests that start gunicorn, Celery and nginx) once more, with every
+# server's database connections through a real PgBouncer in transaction mode
+# (tests/pgbouncer.py; Debian's pgbouncer package).
+pytest-pgbouncer: $(STAMP) services
+	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS)
+
+test: lint typecheck pytest pytest-pgbouncer
 
 format: $(STAMP)
 	$(BIN)/ruff format .
