@@ -134,12 +134,20 @@ def completion(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
 
 
 def chunks(
-    body: Mapping[str, Any], *, model: str, chunk_delay: float = 0.0, with_usage: bool | None = None
+    body: Mapping[str, Any],
+    *,
+    model: str,
+    chunk_delay: float = 0.0,
+    with_usage: bool | None = None,
+    usage_on: str = "",
 ) -> Iterator[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects of a streamed answer, one token per chunk.
 
     The usage chunk (``choices: []``) comes last when the request asked for it through
-    ``stream_options.include_usage``, or when ``with_usage`` says so.
+    ``stream_options.include_usage``, or when ``with_usage`` says so. ``usage_on`` puts the
+    usage on chunks that still have choices instead, as some servers do: ``"finish"`` on
+    the finish chunk only, ``"every"`` on every chunk, a running count (vLLM's
+    ``continuous_usage_stats``).
     """
     messages = body["messages"]
     if with_usage is None:
@@ -162,6 +170,16 @@ def chunks(
             **extra,
         }
 
+    prompt = tokens.prompt_tokens(messages)
+    if usage_on:
+        sent = ""
+        for piece in ["", *tokens.pieces(text)]:
+            sent += piece
+            delta = {"content": piece} if piece else {"role": "assistant", "content": ""}
+            running = _usage(prompt, tokens.count(sent))
+            yield {**chunk(delta), "usage": running if usage_on == "every" else None}
+        yield {**chunk({}, finish), "usage": _usage(prompt, tokens.count(text))}
+        return
     yield chunk({"role": "assistant", "content": "", "refusal": None})
     for piece in tokens.pieces(text):
         if chunk_delay:
@@ -169,7 +187,7 @@ def chunks(
         yield chunk({"content": piece})
     yield chunk({}, finish)
     if with_usage:
-        yield {**base, "choices": [], "usage": _usage(tokens.prompt_tokens(messages), tokens.count(text))}
+        yield {**base, "choices": [], "usage": _usage(prompt, tokens.count(text))}
 
 
 # --- Legacy completions and embeddings ------------------------------------------------

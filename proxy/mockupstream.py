@@ -12,6 +12,8 @@ Faults are chosen by the upstream model name, so a deployment can point at one:
 * ``mock-garbage``: a 200 whose body is not JSON;
 * ``mock-cut``: a stream that breaks off after a few chunks, with no usage and no [DONE];
 * ``mock-no-usage``: a stream that never sends the usage chunk;
+* ``mock-usage-on-finish`` / ``mock-usage-on-every``: a stream whose usage rides on the
+  finish chunk, or on every chunk (vLLM's ``continuous_usage_stats``), with its choices;
 * ``mock-slow``: a stream paced at 50 ms per chunk (to leave in the middle of);
 * ``mock-hang``: waits a second before answering (to trip a first-byte timeout);
 * ``mock-flaky-<N>[-<tag>]``: the first N calls with that exact model name answer 503,
@@ -164,8 +166,9 @@ class MockUpstream:
             yield b": stalling\n\n"  # an SSE comment, so the headers go out now
             time.sleep(1.0)
         with_usage = False if model == "mock-no-usage" else None
+        usage_on = model.removeprefix("mock-usage-on-") if model.startswith("mock-usage-on-") else ""
         for index, chunk in enumerate(
-            mockgen.chunks(body, model=model, chunk_delay=self._delay(model), with_usage=with_usage)
+            mockgen.chunks(body, model=model, chunk_delay=self._delay(model), with_usage=with_usage, usage_on=usage_on)
         ):
             if model == "mock-cut" and index == 4:
                 raise CutStream("mock-cut: dropping the connection mid-stream")
