@@ -11,8 +11,10 @@ Retried: connect errors, timeouts and resets before the first byte, and 408, 409
 5xx and 529. A 429 is the provider rationing *us*, not the deployment failing: it never
 counts toward the circuit, and it moves the call to another deployment at once (its
 ``Retry-After`` is about the deployment that sent it, which this request never tries
-again); with no other deployment the client gets the 429 and the provider's Retry-After. Never retried: 400, 401, 403, 404, 422, anything Tollway refused itself, and
-anything after the first byte has gone to the client. A stream counts as begun only once
+again); with no other deployment the client gets the 429 and the provider's Retry-After.
+
+Never retried: 400, 401, 403, 404, 422, anything Tollway refused itself, and anything
+after the first byte has gone to the client. A stream counts as begun only once
 its first chunk has arrived (:func:`primed`), so a stream that fails before that is
 retried too; after it, a failure is the relay's SSE error event.
 
