@@ -35,9 +35,10 @@ from django.core.cache import cache
 from django.http import HttpRequest
 
 from billing.pricing import PriceSnapshot, TokenUsage
-from proxy.adapters.base import Completion, openai_usage, usage_from_openai
+from proxy.adapters.base import Completion, usage_from_openai
 from proxy.parse import CHAT, EMBEDDINGS, ChatRequest
 from proxy.route import Route
+from proxy.translate.common import openai_usage
 from tenants.selectors import KeyPrincipal
 
 log = logging.getLogger(__name__)
