@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 ROOTS = [
@@ -50,7 +51,7 @@ def _rewrite(node: Any) -> Any:
 
 
 def main(path: str, commit: str = "") -> None:
-    document = json.load(open(path))
+    document = json.loads(Path(path).read_text())
     schemas = document["components"]["schemas"]
     keep: set[str] = set()
     todo = list(ROOTS)

@@ -100,7 +100,9 @@ def test_legacy_completions(api: Api, kind: Kind) -> None:
         return
     validate("CreateCompletionResponse", response.json())
     streamed = post(
-        api, "completions", {"model": model, "prompt": "Say hi", "stream": True, "stream_options": {"include_usage": True}}
+        api,
+        "completions",
+        {"model": model, "prompt": "Say hi", "stream": True, "stream_options": {"include_usage": True}},
     )
     chunks = chunks_of(streamed)
     for chunk in chunks:
