@@ -66,7 +66,7 @@ def test_refused_parameters_are_a_400_naming_them_before_any_call(api: Api, tran
 
 
 def test_values_that_ask_for_nothing_and_ignored_parameters_pass(api: Api, translated: tuple[str, Upstream]) -> None:
-    kind, upstream = translated
+    _kind, upstream = translated
     body = {
         "model": "t",
         "messages": user("x"),
