@@ -18,10 +18,10 @@ Otherwise the request's shape picks the fixture:
   ``final_answer`` tool → ``forced_tool``; ``thinking`` → ``thinking``; ``tools`` →
   ``tool_use``; else ``message``.
 * Gemini: model ``mock-blocked`` → ``blocked_prompt`` (the prompt refused for safety);
-  ``mock-safety`` → ``safety_stop`` (a candidate stopped for safety);
-  ``generationConfig.responseLogprobs`` → ``logprobs``; a ``gemini-3…`` model with
-  ``tools`` → ``function_call_signature`` (a call with its ``thoughtSignature``);
-  ``tools`` → ``function_call``; else ``generate_content``.
+  ``mock-safety`` → ``safety_stop`` (a candidate stopped for safety); a ``gemini-3…``
+  model with ``tools`` → ``function_call_signature`` (a call with its
+  ``thoughtSignature``); ``tools`` → ``function_call``;
+  ``generationConfig.responseLogprobs`` → ``logprobs``; else ``generate_content``.
 
 Like the real APIs, they refuse (400, in the provider's words) what those refuse and
 Tollway must never send: Gemini a tool schema keyword outside its ``Schema`` subset, or a
@@ -296,10 +296,10 @@ class GeminiUpstream(FixtureUpstream):
             return "blocked_prompt"
         if model == "mock-safety":
             return "safety_stop"
-        if (body.get("generationConfig") or {}).get("responseLogprobs"):
-            return "logprobs"
         if body.get("tools"):
             return "function_call_signature" if model.startswith("gemini-3") else "function_call"
+        if (body.get("generationConfig") or {}).get("responseLogprobs"):
+            return "logprobs"
         return "generate_content"
 
     def refusal(self, model: str, body: dict[str, Any]) -> str:
