@@ -33,7 +33,17 @@ from typing import Any
 
 from billing.pricing import TokenUsage
 from config.errors import InvalidRequest
-from proxy.translate.common import arguments, json_text, openai_usage, text_of
+from proxy.translate.common import (
+    arguments,
+    effort_of,
+    functions,
+    json_schema_of,
+    json_text,
+    openai_usage,
+    stop_sequences,
+    text_of,
+    tool_calls,
+)
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI does not
 ANSWER_TOOL = "final_answer"
@@ -89,7 +99,8 @@ def _thinking_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The thinking blocks an earlier answer returned, as Anthropic wants them back: only
     signed ones (Anthropic refuses a thinking block without its signature)."""
     blocks: list[dict[str, Any]] = []
-    for block in message.get("thinking_blocks") or []:
+    given = message.get("thinking_blocks")
+    for block in given if isinstance(given, list) else []:
         if not isinstance(block, Mapping):
             continue
         if block.get("type") == "thinking" and block.get("signature"):
@@ -110,7 +121,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
         else:
             out.append({"role": role, "content": blocks})
 
-    for message in messages:
+    for index, message in enumerate(messages):
         role = message.get("role")
         if role in ("system", "developer"):
             system.append(text_of(message.get("content")))
@@ -118,8 +129,8 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
             add("user", _blocks(message.get("content")))
         elif role == "assistant":
             blocks = _thinking_blocks(message) + _blocks(message.get("content"))
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") or {}
+            for call in tool_calls(message, index):
+                function = call["function"]
                 blocks.append(
                     {
                         "type": "tool_use",
@@ -165,7 +176,7 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 def _thinking(body: Mapping[str, Any], out: dict[str, Any]) -> None:
     """``reasoning_effort`` as a thinking budget inside ``max_tokens`` (which, as OpenAI's
     ``max_completion_tokens``, counts the thinking too)."""
-    effort = body.get("reasoning_effort")
+    effort = effort_of(body)
     if effort is None or effort == "none":
         return
     if effort not in THINKING_BUDGET:
@@ -196,8 +207,8 @@ def _response_format(body: Mapping[str, Any], out: dict[str, Any], system: list[
         return
     if response_format.get("type") != "json_schema":
         return
-    schema = (response_format.get("json_schema") or {}).get("schema")
-    if not isinstance(schema, Mapping):
+    schema = json_schema_of(response_format)
+    if schema is None:
         raise InvalidRequest(
             "'response_format.json_schema.schema' must be a JSON Schema object.", param="response_format"
         )
@@ -222,25 +233,23 @@ def request(body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
         "messages": messages,
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
     }
-    stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("stop"):
+        out["stop_sequences"] = stop_sequences(body["stop"])
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             out[name] = body[name]
     user = body.get("user") or body.get("safety_identifier")
     if user:
         out["metadata"] = {"user_id": user}
-    tools = body.get("tools")
+    tools = functions(body.get("tools"))
     if tools:
         out["tools"] = [
             {
-                "name": t["function"]["name"],
-                **({"description": t["function"]["description"]} if t["function"].get("description") else {}),
-                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+                "name": f["name"],
+                **({"description": f["description"]} if f.get("description") else {}),
+                "input_schema": f.get("parameters") or {"type": "object", "properties": {}},
             }
-            for t in tools
-            if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)
+            for f in tools
         ]
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice is not None and tools:

@@ -57,3 +57,63 @@ def arguments(raw: Any) -> Any:
 def json_text(value: Any) -> str:
     """A value as compact JSON text, as OpenAI writes ``arguments``."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def functions(tools: Any) -> list[Mapping[str, Any]]:
+    """The ``function`` of each tool in ``tools``; a 400 naming the tool if one is malformed."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array of tool objects.", param="tools")
+    out: list[Mapping[str, Any]] = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise InvalidRequest(
+                f'tools[{index}] must be {{"type": "function", "function": {{"name": ...}}}}.',
+                param=f"tools[{index}]",
+            )
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise InvalidRequest("A tool's 'parameters' must be a JSON Schema object.", param=f"tools[{index}]")
+        out.append(function)
+    return out
+
+
+def tool_calls(message: Mapping[str, Any], index: int) -> list[Mapping[str, Any]]:
+    """An assistant message's tool calls, each with a ``function`` object; a 400 otherwise."""
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list) or not all(
+        isinstance(c, Mapping) and isinstance(c.get("function"), Mapping) for c in calls
+    ):
+        raise InvalidRequest(
+            f'messages[{index}].tool_calls must be an array of {{"id", "type", "function"}} objects.',
+            param=f"messages[{index}].tool_calls",
+        )
+    return calls
+
+
+def json_schema_of(response_format: Any) -> Mapping[str, Any] | None:
+    """The schema of a ``json_schema`` response format; a 400 if it is missing or not an object."""
+    spec = response_format.get("json_schema") if isinstance(response_format, Mapping) else None
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if (spec is not None and not isinstance(spec, Mapping)) or (schema is not None and not isinstance(schema, Mapping)):
+        raise InvalidRequest(
+            "'response_format.json_schema.schema' must be a JSON Schema object.", param="response_format"
+        )
+    return schema
+
+
+def effort_of(body: Mapping[str, Any]) -> str | None:
+    effort = body.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):
+        raise InvalidRequest("'reasoning_effort' must be a string.", param="reasoning_effort")
+    return effort
+
+
+def stop_sequences(stop: Any) -> list[str]:
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise InvalidRequest("'stop' must be a string or an array of strings.", param="stop")

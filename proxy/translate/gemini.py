@@ -38,7 +38,18 @@ from typing import Any
 
 from billing.pricing import TokenUsage
 from config.errors import InvalidRequest
-from proxy.translate.common import arguments, json_text, new_tool_call_id, openai_usage, text_of
+from proxy.translate.common import (
+    arguments,
+    effort_of,
+    functions,
+    json_schema_of,
+    json_text,
+    new_tool_call_id,
+    openai_usage,
+    stop_sequences,
+    text_of,
+    tool_calls,
+)
 from proxy.translate.gemini_schema import to_gemini
 
 FINISH = {
@@ -128,7 +139,7 @@ def _contents(messages: list[dict[str, Any]], *, model: str) -> tuple[list[str],
         else:
             contents.append({"role": role, "parts": parts})
 
-    for message in messages:
+    for index, message in enumerate(messages):
         role = message.get("role")
         if role in ("system", "developer"):
             system.append(text_of(message.get("content")))
@@ -136,10 +147,10 @@ def _contents(messages: list[dict[str, Any]], *, model: str) -> tuple[list[str],
             add("user", _parts(message.get("content")))
         elif role == "assistant":
             parts = _parts(message.get("content")) if message.get("content") else []
-            for position, call in enumerate(message.get("tool_calls") or []):
-                function = call.get("function") or {}
+            for position, call in enumerate(tool_calls(message, index)):
+                function = call["function"]
                 call_id = str(call.get("id") or "")
-                names[call_id] = function.get("name", "")
+                names[call_id] = str(function.get("name") or "")
                 part: dict[str, Any] = {
                     "functionCall": {"name": function.get("name"), "args": arguments(function.get("arguments"))}
                 }
@@ -151,7 +162,7 @@ def _contents(messages: list[dict[str, Any]], *, model: str) -> tuple[list[str],
                 parts.append(part)
             add("model", parts)
         elif role in ("tool", "function"):
-            name = names.get(message.get("tool_call_id", ""), message.get("name", ""))
+            name = names.get(str(message.get("tool_call_id") or ""), str(message.get("name") or ""))
             add(
                 "user",
                 [{"functionResponse": {"name": name, "response": {"content": text_of(message.get("content"))}}}],
@@ -175,7 +186,7 @@ def _declaration(function: Mapping[str, Any], index: int) -> dict[str, Any]:
     declaration: dict[str, Any] = {"name": function["name"]}
     if function.get("description"):
         declaration["description"] = function["description"]
-    parameters = function.get("parameters")
+    parameters = function.get("parameters") or {}
     # A function without arguments has no parameters at all: Gemini refuses an empty object.
     if parameters and (parameters.get("properties") or parameters.get("$ref") or parameters.get("anyOf")):
         declaration["parameters"] = to_gemini(parameters, param=f"tools[{index}].function.parameters")
@@ -207,9 +218,8 @@ def request(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens:
         config["maxOutputTokens"] = max_tokens
-    stop = body.get("stop")
-    if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("stop"):
+        config["stopSequences"] = stop_sequences(body["stop"])
     if body.get("logprobs"):
         config["responseLogprobs"] = True
         if body.get("top_logprobs") is not None:
@@ -217,16 +227,17 @@ def request(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
     response_format = body.get("response_format")
     if isinstance(response_format, Mapping) and response_format.get("type") in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        schema = json_schema_of(response_format)
         if schema is not None:
             config["responseJsonSchema"] = schema  # this field takes JSON Schema as it is
-    if body.get("reasoning_effort") is not None:
-        config["thinkingConfig"] = thinking_config(str(body["reasoning_effort"]), model)
+    effort = effort_of(body)
+    if effort is not None:
+        config["thinkingConfig"] = thinking_config(effort, model)
     if config:
         out["generationConfig"] = config
-    tools = [t for t in body.get("tools") or [] if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)]
-    if tools:
-        out["tools"] = [{"functionDeclarations": [_declaration(t["function"], i) for i, t in enumerate(tools)]}]
+    declared = functions(body.get("tools"))
+    if declared:
+        out["tools"] = [{"functionDeclarations": [_declaration(f, i) for i, f in enumerate(declared)]}]
         tool_config = _tool_config(body.get("tool_choice"))
         if tool_config:
             out["toolConfig"] = tool_config

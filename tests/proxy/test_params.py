@@ -139,3 +139,28 @@ def test_the_docs_say_what_happens_to_every_parameter() -> None:
             if name not in ("model", "messages"):  # the table's first rows say how messages map
                 assert name in rows, f"the parameter table does not name `{name}` ({kind}: {rule.fate})"
     assert "drop_unsupported_params" in docs
+
+
+MALFORMED: list[dict[str, Any]] = [
+    {"tools": "get_weather"},
+    {"tools": [{"type": "function"}]},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]},
+    {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]}]},
+    {"messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]},
+    {"messages": [{"role": "assistant", "tool_calls": [{"id": "x", "function": {"name": "f", "arguments": "{"}}]}]},
+    {"response_format": {"type": "json_schema", "json_schema": "nope"}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": [1]}}},
+    {"reasoning_effort": ["high"]},
+    {"reasoning_effort": "maximal"},
+    {"stop": 7},
+    {"stop": ["a", 1]},
+]
+
+
+@pytest.mark.parametrize("extra", MALFORMED)
+def test_a_malformed_request_is_a_400_never_a_5xx(api: Api, translated: tuple[str, Upstream], extra: Any) -> None:
+    _, upstream = translated
+    response = api.chat({"model": "t", "messages": user("x"), **extra})
+    assert response.status_code == 400, response.content
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert upstream.received() == []
