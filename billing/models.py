@@ -115,6 +115,15 @@ class UsageRecord(models.Model):
     history, and the provider is kept as text so billing never depends on the transport.
     """
 
+    class Api(models.TextChoices):
+        """The inbound API a call came through: the wire format the tenant spoke."""
+
+        CHAT = "chat", "Chat completions"
+        COMPLETIONS = "completions", "Legacy completions"
+        EMBEDDINGS = "embeddings", "Embeddings"
+        MESSAGES = "messages", "Anthropic Messages"
+        RESPONSES = "responses", "Responses"
+
     class Outcome(models.TextChoices):
         COMPLETED = "completed", "Completed"
         CLIENT_GONE = "client_disconnected", "Client disconnected"
@@ -201,6 +210,11 @@ class UsageRecord(models.Model):
         max_length=200, blank=True, db_default="", help_text="The model asked for, when another (a fallback) served it"
     )
     cache_hit = models.BooleanField(default=False, db_default=False, help_text="Served from Tollway's response cache")
+    # Rows written before this column existed were all chat, completions or embeddings;
+    # their default says chat.
+    api = models.CharField(
+        max_length=16, choices=Api.choices, default=Api.CHAT, db_default=Api.CHAT, help_text="The inbound API called"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -352,7 +366,7 @@ MONEY_DIGITS, MONEY_PLACES = 22, 4
 
 
 # What a finalised invoice may still change: its payment state and who moved it. Everything
-# else is frozen, here (Python), and by a Postgres trigger (migration 0008) as the last line.
+# else is frozen, here (Python), and by a Postgres trigger (migration 0009) as the last line.
 INVOICE_STATE_FIELDS = frozenset(
     {"status", "paid_on", "payment_reference", "status_changed_at", "status_changed_by", "voided_at", "void_reason"}
 )

@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0006_ledger_db_defaults'),
+        ('billing', '0007_usage_api'),
         ('tenants', '0005_memberships'),
     ]
 

@@ -90,7 +90,7 @@ def no_triggers(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("billing", "0007_finance_documents")]
+    dependencies = [("billing", "0008_finance_documents")]
 
     operations = [
         migrations.RunPython(finalized_to_open, open_to_finalized, elidable=False),
