@@ -15,6 +15,7 @@ counts as reaching 100 %, since a reservation keeps spend from ever quite reachi
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -94,10 +95,20 @@ def crossed(*, before: Decimal, after: Decimal, budget: Decimal, thresholds: tup
 
 
 def spend_settled(
-    *, tenant_id: int, month: str, spent_after: Decimal | None, cost: Decimal, credit_after: Decimal | None
+    *,
+    tenant_id: int,
+    month: str,
+    spent_after: Decimal | None,
+    cost: Decimal,
+    credit_after: Decimal | None,
+    reached: bool = False,
 ) -> None:
     """Called once a call's cost has joined the spend (and credit) counters; enqueues an
-    alert for each threshold this call crossed. Reads only cached state."""
+    alert for each threshold this call crossed. Reads only cached state.
+
+    With ``reached`` (the Postgres path, whose month sum may already hold concurrent calls'
+    rows, so no one call sees the crossing), every threshold at or below the spend counts,
+    once per process; the unique insert keeps it to one alert."""
     if cost <= 0 or (spent_after is None and credit_after is None):
         return  # nothing counted (a tenant with no budget and no credit has no counters)
     config = configs.get(str(tenant_id))
@@ -105,15 +116,30 @@ def spend_settled(
         return
     hits: list[tuple[str, Decimal, Decimal]] = []
     if config.budget and spent_after is not None:
-        for p in crossed(
-            before=spent_after - cost, after=spent_after, budget=config.budget, thresholds=config.thresholds
-        ):
+        before = Decimal(-1) if reached else spent_after - cost
+        for p in crossed(before=before, after=spent_after, budget=config.budget, thresholds=config.thresholds):
             hits.append((str(p), spent_after, config.budget * p / 100))
     low = config.low_balance
-    if low is not None and credit_after is not None and credit_after < low <= credit_after + cost:
+    if low is not None and credit_after is not None and credit_after < low and (reached or low <= credit_after + cost):
         hits.append((LOW_BALANCE, credit_after, low))
     for threshold, spend, limit in hits:
+        if reached and not _first_here(tenant_id, month, threshold):
+            continue
         _enqueue(tenant_id=tenant_id, month=month, threshold=threshold, spend=spend, limit=limit)
+
+
+_sent_here: set[tuple[int, str, str]] = set()
+
+
+def _first_here(tenant_id: int, month: str, threshold: str) -> bool:
+    """Whether this process has not enqueued this alert yet (the Postgres path's guard)."""
+    key = (tenant_id, month, threshold)
+    if key in _sent_here:
+        return False
+    if len(_sent_here) > 100_000:
+        _sent_here.clear()
+    _sent_here.add(key)
+    return True
 
 
 def spend_settled_redis(*, tenant_id: int, month: str, result: Any, cost: Decimal) -> None:
@@ -126,7 +152,11 @@ def spend_settled_redis(*, tenant_id: int, month: str, result: Any, cost: Decima
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         return None if text == "x" else Decimal(int(text)) * MICRO
 
-    spend_settled(tenant_id=tenant_id, month=month, spent_after=usd(result[1]), cost=cost, credit_after=usd(result[2]))
+    # The counters moved by the cost in whole micro-dollars, rounded up (billing.admission.to_micro).
+    counted = Decimal(math.ceil(cost / MICRO)) * MICRO
+    spend_settled(
+        tenant_id=tenant_id, month=month, spent_after=usd(result[1]), cost=counted, credit_after=usd(result[2])
+    )
 
 
 def spend_settled_postgres(*, tenant_id: int, month: str, cost: Decimal) -> None:
@@ -147,7 +177,7 @@ def spend_settled_postgres(*, tenant_id: int, month: str, cost: Decimal) -> None
     rows = UsageRecord.objects.filter(tenant_id=tenant_id, created_at__gte=bounds.start, created_at__lt=bounds.end)
     spent = rows.aggregate(s=Sum("cost"))["s"] or Decimal(0)
     credit = credit_balance(tenant_id) if config.low_balance is not None and account_of(tenant_id).prepaid else None
-    spend_settled(tenant_id=tenant_id, month=month, spent_after=spent, cost=cost, credit_after=credit)
+    spend_settled(tenant_id=tenant_id, month=month, spent_after=spent, cost=cost, credit_after=credit, reached=True)
 
 
 def _enqueue(*, tenant_id: int, month: str, threshold: str, spend: Decimal, limit: Decimal) -> None:

@@ -63,3 +63,32 @@ def test_an_alert_is_recorded_once_per_month(tenant: Tenant) -> None:
     again = spend_alert_send(tenant_id=tenant.pk, month="2026-11", threshold="50", spend=Decimal(6), limit=Decimal(5))
     assert again is False and SpendAlert.objects.count() == 1
     assert spend_alert_send(tenant_id=tenant.pk, month="2026-12", threshold="50", spend=Decimal(5), limit=Decimal(5))
+
+
+def test_the_postgres_path_alerts_even_when_concurrent_rows_hide_the_crossing(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given two calls whose rows committed together: each one's month sum already holds both,
+    # so neither sees spend go from below the line to above it
+    tenant.monthly_budget_usd = Decimal(10)
+    tenant.save()
+    BillingProfile.objects.create(tenant=tenant, alert_thresholds=[50])
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(alerts, "_enqueue", lambda **kw: sent.append(kw))
+    monkeypatch.setattr(alerts, "_sent_here", set())
+    for _ in range(2):
+        alerts.spend_settled(
+            tenant_id=tenant.pk,
+            month="2026-11",
+            spent_after=Decimal(6),
+            cost=Decimal(3),
+            credit_after=None,
+            reached=True,
+        )
+    # then the threshold reached is alerted, once from this process (the unique insert does the rest)
+    assert [s["threshold"] for s in sent] == ["50"]
+    # and on the Redis path, where each call sees its own before and after, the same is no crossing
+    alerts.spend_settled(
+        tenant_id=tenant.pk, month="2026-11", spent_after=Decimal(6), cost=Decimal("0.5"), credit_after=None
+    )
+    assert len(sent) == 1
