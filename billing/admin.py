@@ -1,32 +1,57 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from billing.documents import invoice_csv, invoice_filename, invoice_pdf, invoices_csv
+from billing import registers
+from billing.credit_notes import credit_note_issue
+from billing.documents import (
+    credit_note_csv,
+    credit_note_filename,
+    credit_note_pdf,
+    credit_notes_csv,
+    invoice_csv,
+    invoice_filename,
+    invoice_pdf,
+    invoices_csv,
+)
 from billing.invoicing import InvoicingError, invoice_finalize, invoice_void
 from billing.models import (
     Account,
+    BillingProfile,
+    CountryTaxRate,
     CreditEntry,
+    CreditNote,
+    Delivery,
+    ExchangeRate,
     Invoice,
     InvoiceLine,
+    Issuer,
+    IssuerLogo,
     Model,
     Plan,
     PlanModelMarkup,
     Price,
     Report,
+    SpendAlert,
     UsageRecord,
 )
-from billing.selectors import tenant_money
+from billing.payments import invoice_status_set
+from billing.selectors import issuer_get, tenant_money
+from billing.tasks import email_document, enqueue_delivery
+from config.errors import TollwayError
 from tenants.admin import TenantAdmin as BaseTenantAdmin
 from tenants.models import Tenant
 
@@ -164,6 +189,46 @@ class AccountInline(admin.StackedInline):
     verbose_name = "billing account"
 
 
+class BillingProfileForm(forms.ModelForm):
+    webhook_url = forms.URLField(required=False, assume_scheme="https", help_text="Billing events are POSTed here")
+
+    class Meta:
+        model = BillingProfile
+        fields = (
+            "legal_name",
+            "address",
+            "country",
+            "tax_id",
+            "payment_terms_days",
+            "tax_rate_percent",
+            "reverse_charge",
+            "currency",
+            "webhook_url",
+            "alert_thresholds",
+            "low_balance_usd",
+        )
+
+    def clean_alert_thresholds(self) -> list[int]:
+        from billing.alerts import thresholds_clean
+
+        try:
+            return thresholds_clean(self.cleaned_data.get("alert_thresholds"))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class BillingProfileInline(admin.StackedInline):
+    """Whom invoices are addressed to, how they are taxed and paid, where events go."""
+
+    model = BillingProfile
+    form = BillingProfileForm
+    can_delete = False
+    extra = 1
+    max_num = 1
+    readonly_fields = ("webhook_secret",)
+    verbose_name = "billing profile"
+
+
 class CreditEntryInline(AppendOnly, admin.TabularInline):
     """Append-only: a mistake is corrected by an adjustment, never by editing."""
 
@@ -178,7 +243,7 @@ admin.site.unregister(Tenant)
 
 @admin.register(Tenant)
 class TenantAdmin(BaseTenantAdmin):
-    inlines = [*BaseTenantAdmin.inlines, AccountInline, CreditEntryInline]
+    inlines = [*BaseTenantAdmin.inlines, AccountInline, BillingProfileInline, CreditEntryInline]
     readonly_fields = ("money_now",)
 
     @admin.display(description="Money this billing month")
@@ -247,6 +312,8 @@ def _download(content: bytes | str, filename: str, content_type: str) -> HttpRes
 
 
 class InvoiceLineInline(admin.TabularInline):
+    """Lines are made by the month close; never added, edited or deleted here."""
+
     model = InvoiceLine
     extra = 0
     can_delete = False
@@ -262,6 +329,7 @@ class InvoiceLineInline(admin.TabularInline):
         "output_price_per_mtok",
         "exact_usd",
         "amount_usd",
+        "amount",
     )
     readonly_fields = fields
 
@@ -271,35 +339,128 @@ class InvoiceLineInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DeliveryInline(admin.TabularInline):
+    """Each attempt to e-mail the document or deliver its webhooks, and its result."""
+
+    model = Delivery
+    extra = 0
+    fields = ("created_at", "channel", "what", "target", "attempt", "ok", "detail")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class MarkPaidForm(forms.Form):
+    paid_on = forms.DateField(required=False, help_text="The day the payment arrived; empty: today")
+    reference = forms.CharField(required=False, max_length=200, help_text="The bank or payment reference")
+
+
+class CreditNoteForm(forms.Form):
+    reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 2}))
+    lines = forms.CharField(
+        required=False,
+        help_text="Credit these line positions only, e.g. 1, 3. Empty (and no amount): the whole invoice.",
+    )
+    amount = forms.DecimalField(
+        required=False, max_digits=20, decimal_places=4, help_text="Or credit an amount (net, in the invoice currency)"
+    )
+
+    def clean_lines(self) -> list[int]:
+        raw = self.cleaned_data.get("lines") or ""
+        try:
+            return [int(part) for part in raw.replace(" ", "").split(",") if part]
+        except ValueError:
+            raise forms.ValidationError("Line positions are whole numbers, e.g. 1, 3.") from None
+
+
+def _who(request: HttpRequest) -> str:
+    return f"{request.user.get_username()} (admin)"
+
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
     """Invoices are made by the month close and changed only through the actions: finalise,
-    void (and reissue). Nothing here edits an invoice's money."""
+    record a payment, write off, void (and reissue), issue a credit note. Every field is
+    read-only: a finalised invoice never changes, and a draft changes by refreshing it."""
 
-    list_display = ("__str__", "tenant", "period", "status", "total_usd", "finalized_at", "downloads")
-    list_filter = ("status", "period", "tenant")
+    list_display = (
+        "__str__",
+        "tenant",
+        "period",
+        "status",
+        "overdue",
+        "currency",
+        "gross_amount",
+        "total_usd",
+        "due_date",
+        "downloads",
+    )
+    list_filter = ("status", "period", "currency", "tenant")
     search_fields = ("number", "tenant__slug", "tenant__name")
     list_select_related = ("tenant",)
-    inlines = [InvoiceLineInline]
-    actions = ["finalize", "void_and_reissue", "download_pdfs", "download_csvs", "download_month_csv"]
+    inlines = [InvoiceLineInline, DeliveryInline]
+    actions = [
+        "finalize",
+        "mark_paid",
+        "mark_uncollectible",
+        "void_and_reissue",
+        "issue_credit_note",
+        "resend",
+        "download_pdfs",
+        "download_csvs",
+        "download_month_csv",
+    ]
     readonly_fields = (
         "tenant",
         "period",
         "status",
         "number",
+        "overdue",
         "currency",
         "period_start",
         "period_end",
         "grace_until",
+        "billed_from",
         "subtotal_usd",
         "credits_applied_usd",
         "total_usd",
+        "tax_label",
+        "tax_rate_percent",
+        "reverse_charge",
+        "tax_usd",
+        "gross_usd",
+        "fx_rate",
+        "fx_rate_date",
+        "net_amount",
+        "tax_amount",
+        "gross_amount",
+        "issue_date",
+        "payment_terms_days",
+        "due_date",
+        "issuer",
         "bill_to",
         "replaces",
         "finalized_at",
+        "finalized_by",
+        "paid_on",
+        "payment_reference",
+        "status_changed_at",
+        "status_changed_by",
         "voided_at",
         "void_reason",
+        "credit_notes_list",
         "downloads",
     )
     exclude = ("created_at",)
@@ -310,12 +471,35 @@ class InvoiceAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Viewable, never saved: no form field is editable, and there is no Save button.
+        return False
+
     def get_urls(self) -> list[URLPattern]:
         return [
             path("<int:pk>/pdf/", self.admin_site.admin_view(self.pdf_view), name="billing_invoice_pdf"),
             path("<int:pk>/csv/", self.admin_site.admin_view(self.csv_view), name="billing_invoice_csv"),
+            path("register/", self.admin_site.admin_view(self.register_view), name="billing_invoice_register"),
             *super().get_urls(),
         ]
+
+    @admin.display(description="overdue", boolean=True)
+    def overdue(self, obj: Invoice) -> bool:
+        return obj.is_overdue()
+
+    @admin.display(description="credit notes")
+    def credit_notes_list(self, obj: Invoice) -> str:
+        notes = list(obj.credit_notes.all())
+        if not notes:
+            return "—"
+        return format_html_join(
+            ", ",
+            '<a href="{}">{}</a> ({} {})',
+            (
+                (reverse("admin:billing_creditnote_change", args=[n.pk]), n.number, n.gross_amount, n.currency)
+                for n in notes
+            ),
+        )
 
     @admin.display(description="download")
     def downloads(self, obj: Invoice) -> str:
@@ -327,8 +511,6 @@ class InvoiceAdmin(admin.ModelAdmin):
 
     def _invoice(self, request: HttpRequest, pk: int) -> Invoice:
         if not self.has_view_permission(request):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         return get_object_or_404(Invoice.objects.select_related("tenant", "replaces"), pk=pk)
 
@@ -340,26 +522,122 @@ class InvoiceAdmin(admin.ModelAdmin):
         invoice = self._invoice(request, pk)
         return _download(invoice_csv(invoice), invoice_filename(invoice, "csv"), "text/csv; charset=utf-8")
 
+    def register_view(self, request: HttpRequest) -> HttpResponse:
+        """``?month=YYYY-MM&kind=invoices|credit_notes``: a month's register (by issue date), all tenants."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        month = request.GET.get("month", "")
+        try:
+            first, after = registers.month_range(month)
+        except ValueError as exc:
+            return HttpResponse(str(exc), status=400, content_type="text/plain; charset=utf-8")
+        if request.GET.get("kind") == "credit_notes":
+            notes = registers.credit_note_register(first=first, after=after)
+            return _download(credit_notes_csv(notes), f"credit-notes-{month}.csv", "text/csv; charset=utf-8")
+        invoices = registers.invoice_register(first=first, after=after)
+        return _download(invoices_csv(invoices), f"invoice-register-{month}.csv", "text/csv; charset=utf-8")
+
     @admin.action(description="Finalise the selected drafts (assigns numbers; irreversible)")
     def finalize(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         done = 0
         for invoice in queryset.order_by("pk"):
             try:
-                invoice_finalize(invoice=invoice)
+                invoice_finalize(invoice=invoice, by=_who(request))
                 done += 1
             except InvoicingError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
         if done:
             self.message_user(request, f"Finalised {done} invoice(s).", messages.SUCCESS)
 
+    def _form_action(
+        self, request: HttpRequest, queryset: QuerySet[Invoice], form_class: type[forms.Form], title: str, action: str
+    ) -> forms.Form | HttpResponse:
+        """A second step asking for details: returns the valid form, or the page to show."""
+        form = form_class(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            return form
+        return render(
+            request,
+            "admin/billing/invoice/action_form.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": title,
+                "form": form,
+                "invoices": queryset,
+                "action": action,
+                "opts": self.model._meta,
+            },
+        )
+
+    @admin.action(description="Record a payment for the selected invoices (paid date and reference)")
+    def mark_paid(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        form = self._form_action(request, queryset, MarkPaidForm, "Record a payment", "mark_paid")
+        if isinstance(form, HttpResponse):
+            return form
+        for invoice in queryset.order_by("pk"):
+            try:
+                invoice_status_set(
+                    invoice=invoice,
+                    status=Invoice.Status.PAID,
+                    by=_who(request),
+                    paid_on=form.cleaned_data["paid_on"],
+                    reference=form.cleaned_data["reference"],
+                )
+                self.message_user(request, f"{invoice.number}: paid.", messages.SUCCESS)
+            except TollwayError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+        return None
+
+    @admin.action(description="Mark the selected invoices uncollectible (written off)")
+    def mark_uncollectible(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        for invoice in queryset.order_by("pk"):
+            try:
+                invoice_status_set(invoice=invoice, status=Invoice.Status.UNCOLLECTIBLE, by=_who(request))
+                self.message_user(request, f"{invoice.number}: uncollectible.", messages.SUCCESS)
+            except TollwayError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+
     @admin.action(description="Void the selected finalised invoices and reissue them as drafts")
     def void_and_reissue(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
         for invoice in queryset.order_by("pk"):
             try:
-                draft = invoice_void(invoice=invoice, reason=f"voided by {request.user.get_username()} in the admin")
+                draft = invoice_void(
+                    invoice=invoice,
+                    reason=f"voided by {request.user.get_username()} in the admin",
+                    by=_who(request),
+                )
                 self.message_user(request, f"Voided {invoice.number}; reissued as {draft}.", messages.SUCCESS)
-            except InvoicingError as exc:
+            except (InvoicingError, TollwayError) as exc:
                 self.message_user(request, str(exc), messages.ERROR)
+
+    @admin.action(description="Issue a credit note for the selected invoice (whole, chosen lines, or an amount)")
+    def issue_credit_note(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one invoice to credit.", messages.ERROR)
+            return None
+        form = self._form_action(request, queryset, CreditNoteForm, "Issue a credit note", "issue_credit_note")
+        if isinstance(form, HttpResponse):
+            return form
+        try:
+            note = credit_note_issue(
+                invoice=queryset.get(),
+                reason=form.cleaned_data["reason"],
+                by=_who(request),
+                lines=form.cleaned_data["lines"] or None,
+                amount=form.cleaned_data["amount"],
+            )
+            self.message_user(request, f"Issued {note.number}.", messages.SUCCESS)
+        except TollwayError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+        return None
+
+    @admin.action(description="E-mail the selected invoices to their billing address again")
+    def resend(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> None:
+        sent = 0
+        for invoice in queryset.exclude(status=Invoice.Status.DRAFT):
+            enqueue_delivery(email_document, kind="invoice", document_id=invoice.pk)
+            sent += 1
+        self.message_user(request, f"Queued {sent} e-mail(s); the deliveries show on each invoice.", messages.SUCCESS)
 
     @admin.action(description="Download the selected invoices as PDF (a zip when several)")
     def download_pdfs(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse:
@@ -383,12 +661,179 @@ class InvoiceAdmin(admin.ModelAdmin):
                 archive.writestr(invoice_filename(invoice, "csv"), invoice_csv(invoice))
         return _download(buffer.getvalue(), "invoice-lines.zip", "application/zip")
 
-    @admin.action(description="Download one CSV listing the selected invoices (e.g. filter a month, select all)")
+    @admin.action(description="Download one CSV listing the selected invoices (the register of a filtered month)")
     def download_month_csv(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse:
-        invoices = queryset.select_related("tenant", "replaces").order_by("period", "number", "pk")
+        invoices = queryset.select_related("tenant", "replaces").prefetch_related("credit_notes")
+        invoices = invoices.order_by("period", "number", "pk")
         periods = sorted(set(invoices.values_list("period", flat=True)))
         name = f"invoices-{periods[0]}.csv" if len(periods) == 1 else "invoices.csv"
         return _download(invoices_csv(invoices), name, "text/csv; charset=utf-8")
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(admin.ModelAdmin):
+    """Issued from an invoice (its action "Issue a credit note"); never edited or deleted."""
+
+    list_display = ("number", "invoice", "tenant", "issue_date", "currency", "gross_amount", "gross_usd", "downloads")
+    list_filter = ("currency", "kind")
+    search_fields = ("number", "invoice__number", "tenant__slug")
+    list_select_related = ("invoice", "tenant")
+    inlines = [DeliveryInline]
+    readonly_fields = (
+        "number",
+        "invoice",
+        "tenant",
+        "kind",
+        "reason",
+        "issue_date",
+        "issued_at",
+        "issued_by",
+        "currency",
+        "fx_rate",
+        "fx_rate_date",
+        "tax_label",
+        "tax_rate_percent",
+        "reverse_charge",
+        "net_usd",
+        "tax_usd",
+        "gross_usd",
+        "net_amount",
+        "tax_amount",
+        "gross_amount",
+        "lines",
+        "issuer",
+        "bill_to",
+        "downloads",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<int:pk>/download/<str:fmt>/",
+                self.admin_site.admin_view(self.file_view),
+                name="billing_creditnote_file",
+            ),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="download")
+    def downloads(self, obj: CreditNote) -> str:
+        return format_html(
+            '<a href="{}">PDF</a> · <a href="{}">CSV</a>',
+            reverse("admin:billing_creditnote_file", args=[obj.pk, "pdf"]),
+            reverse("admin:billing_creditnote_file", args=[obj.pk, "csv"]),
+        )
+
+    def file_view(self, request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        note = get_object_or_404(CreditNote.objects.select_related("invoice", "tenant"), pk=pk)
+        if fmt == "csv":
+            return _download(credit_note_csv(note), credit_note_filename(note, "csv"), "text/csv; charset=utf-8")
+        return _download(credit_note_pdf(note), credit_note_filename(note), "application/pdf")
+
+
+class IssuerForm(forms.ModelForm):
+    logo_file = forms.ImageField(required=False, label="Logo", help_text="PNG or JPEG, up to 256 KB")
+    webhook_url = forms.URLField(required=False, assume_scheme="https", help_text="Every tenant's events go here too")
+
+    class Meta:
+        model = Issuer
+        fields = ("legal_name", "address", "country", "tax_id", "email", "payment_instructions", "webhook_url")
+
+    def clean_logo_file(self) -> Any:
+        upload = self.cleaned_data.get("logo_file")
+        if upload is not None and upload.size > MAX_LOGO_BYTES:
+            raise forms.ValidationError(f"The logo is over {MAX_LOGO_BYTES // 1024} KB: use a smaller image.")
+        return upload
+
+
+MAX_LOGO_BYTES = 256 * 1024
+
+
+@admin.register(Issuer)
+class IssuerAdmin(admin.ModelAdmin):
+    """The platform as issuer: one row, printed on every invoice (a copy is kept on each)."""
+
+    form = IssuerForm
+    readonly_fields = ("logo_preview", "webhook_secret", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not Issuer.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        issuer = issuer_get()  # made from TOLLWAY_INVOICE_ISSUER on first visit
+        return HttpResponseRedirect(reverse("admin:billing_issuer_change", args=[issuer.pk]))
+
+    @admin.display(description="current logo")
+    def logo_preview(self, obj: Issuer) -> str:
+        return obj.logo_id or "none"
+
+    def save_model(self, request: HttpRequest, obj: Issuer, form: Any, change: bool) -> None:
+        upload = form.cleaned_data.get("logo_file")
+        if upload is not None:
+            data = upload.read()
+            sha = hashlib.sha256(data).hexdigest()
+            logo, _ = IssuerLogo.objects.get_or_create(
+                sha256=sha, defaults={"data": data, "content_type": upload.content_type or "image/png"}
+            )
+            obj.logo = logo
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(CountryTaxRate)
+class CountryTaxRateAdmin(admin.ModelAdmin):
+    list_display = ("country", "label", "rate_percent")
+    search_fields = ("country",)
+
+
+@admin.register(ExchangeRate)
+class ExchangeRateAdmin(admin.ModelAdmin):
+    """Effective-dated: an invoice converts at the latest rate on or before its issue date."""
+
+    list_display = ("currency", "effective_date", "rate", "note", "created_by")
+    list_filter = ("currency",)
+    date_hierarchy = "effective_date"
+    readonly_fields = ("created_by", "created_at")
+
+    def save_model(self, request: HttpRequest, obj: ExchangeRate, form: Any, change: bool) -> None:
+        obj.created_by = request.user.get_username()
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(AppendOnly, admin.ModelAdmin):
+    """The delivery log: every e-mail and webhook attempt, and its result."""
+
+    list_display = ("created_at", "channel", "what", "tenant", "target", "attempt", "ok", "detail")
+    list_filter = ("channel", "ok", "what")
+    search_fields = ("tenant__slug", "target", "what")
+    list_select_related = ("tenant",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(SpendAlert)
+class SpendAlertAdmin(AppendOnly, admin.ModelAdmin):
+    list_display = ("created_at", "tenant", "month", "threshold", "spend_usd", "limit_usd")
+    list_filter = ("threshold", "month")
+    list_select_related = ("tenant",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(Report)
@@ -408,7 +853,11 @@ class ReportAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [
-            path("<int:pk>/<str:fmt>/", self.admin_site.admin_view(self.download_view), name="billing_report_file"),
+            path(
+                "<int:pk>/download/<str:fmt>/",
+                self.admin_site.admin_view(self.download_view),
+                name="billing_report_file",
+            ),
             *super().get_urls(),
         ]
 

@@ -39,6 +39,7 @@ from django.db import transaction
 from django.db.models import Sum
 from redis.exceptions import RedisError
 
+from billing import alerts  # issue 21: spend alerts from the settle path
 from billing.ledger import give_back_connection
 from billing.models import Account, CreditEntry, Reservation, UsageRecord
 from config.cache import TieredCache
@@ -232,16 +233,20 @@ return {'ok', counts[1], counts[2], counts[3], counts[4]}
 
 # KEYS: reservation hash, deadlines, tenant spent, key spent, tenant credit
 # ARGV: request id, actual micro-dollars, actual tokens, count the spend (1/0)
+# Returns: {settled 1/0, tenant spent after (micro-dollars or 'x'), credit after (or 'x')}
 _SETTLE = """
 local actual, count = tonumber(ARGV[2]), ARGV[4] == '1'
+-- issue 21 (spend alerts): spend() returns the tenant's spend and credit after, 'x' if unknown
 local function spend()
-  if not count then return end
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('INCRBY', KEYS[3], actual) end
+  local spent, credit = 'x', 'x'
+  if not count then return {spent, credit} end
+  if redis.call('EXISTS', KEYS[3]) == 1 then spent = tostring(redis.call('INCRBY', KEYS[3], actual)) end
   if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('INCRBY', KEYS[4], actual) end
-  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('DECRBY', KEYS[5], actual) end
+  if redis.call('EXISTS', KEYS[5]) == 1 then credit = tostring(redis.call('DECRBY', KEYS[5], actual)) end
+  return {spent, credit}
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then spend(); return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then local after = spend(); return {0, after[1], after[2]} end
 local h = redis.call('HGETALL', KEYS[1])
 local r = {}
 for i = 1, #h, 2 do r[h[i]] = h[i + 1] end
@@ -261,8 +266,8 @@ for _, k in ipairs({r['k_tok'], r['t_tok']}) do
   if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, correction) end
 end
 redis.call('DEL', KEYS[1])
-spend()
-return 1
+local after = spend()
+return {1, after[1], after[2]}
 """
 
 # KEYS: value key, flag key; ARGV: value, ttl
@@ -513,11 +518,13 @@ def _settle(
 ) -> None:
     if mode == "postgres":
         Reservation.objects.filter(request_id=request_id).delete()
+        if counted:  # issue 21: spend alerts on the Postgres path
+            alerts.spend_settled_postgres(tenant_id=tenant_id, month=month, cost=cost)
         return
     if mode != "redis":
         return
     try:
-        _script("settle", _SETTLE)(
+        after = _script("settle", _SETTLE)(
             keys=[
                 f"tw:resv:req:{request_id}",
                 DEADLINES,
@@ -530,6 +537,9 @@ def _settle(
     except RedisError as exc:
         # The sweeper settles it later from the deadline set; the ledger row is already written.
         log.error("admission: settle of %s failed: %r", request_id, exc)
+        return
+    if counted:  # issue 21: spend alerts, from the counters the script just moved (no query)
+        alerts.spend_settled_redis(tenant_id=tenant_id, month=month, result=after, cost=cost)
 
 
 # --- rate limits without Redis (the embedded default) --------------------------------
@@ -621,10 +631,12 @@ _QUOTAS = {
 
 
 def _quota_error(what: str, left: Decimal) -> QuotaExceeded:
-    return QuotaExceeded(
+    error = QuotaExceeded(
         f"{_QUOTAS[what]}: ${left.quantize(MICRO)} is left, less than this request could cost. "
         "Raise the budget, top up credit, or lower max_tokens."
     )
+    error.limit = what  # issue 21: which limit, for billing.alerts
+    return error
 
 
 # --- the sweeper -----------------------------------------------------------------------

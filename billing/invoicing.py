@@ -5,10 +5,13 @@ The lifecycle (as Lago and Stripe do it):
 * **draft**: made when a tenant's billing month is over. Until ``grace_until`` (month end +
   ``TOLLWAY["INVOICE_GRACE_HOURS"]``, 72 h by default) each refresh bills the rows that
   arrived late into the same draft.
-* **finalised**: numbered ``TW-YYYY-NNNNNN`` (gapless per year, the year of finalisation),
-  under the counter lock in :mod:`billing.locks`, and never edited again.
+* **finalised** (status ``open``): numbered ``TW-YYYY-NNNNNN`` (gapless per year, the year
+  of finalisation), under the counter lock in :mod:`billing.locks`; taxed, converted to the
+  tenant's currency, its issuer and customer copied in, and never edited again (the models
+  and a Postgres trigger refuse it). Only its payment state moves (:mod:`billing.payments`).
 * **void**: a finalised invoice can be voided (its number stays used) and reissued as a
-  new draft that takes over its ledger rows.
+  new draft that takes over its ledger rows: for a draft-level mistake. A finalised
+  invoice is otherwise corrected by a credit note (:mod:`billing.credit_notes`).
 
 Each ledger row records the invoice that billed it (``UsageRecord.invoice``), so a row is
 billed once. A row that arrives after its month's invoice was finalised is still unbilled
@@ -19,31 +22,39 @@ places) rounded **half-up to the cent, once, at the line**. The platform fee and
 line are computed from those rounded amounts, and the total is the plain sum of the lines.
 So every line equals the ledger to the cent, and the total can differ from the rounded
 ledger sum only by the per-line rounding (at most half a cent per usage line).
+
+Tax and currency follow the same rule (:mod:`billing.money`): tax is the net total times
+the rate, rounded half-up once; in another currency each line's cents are converted and
+rounded to the currency's minor unit once, the net is their sum, and tax is taken on it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import zoneinfo
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
-from billing import locks
+from billing import locks, webhooks
 from billing.models import Account, Invoice, InvoiceLine, Model, UsageRecord
+from billing.money import USD, convert, tax_of
 from billing.pricing import markup_factor
+from billing.selectors import billing_profile_of, exchange_rate_on, issuer_get, tax_treatment
 from tenants.models import Tenant
 
+log = logging.getLogger(__name__)
 CENT = Decimal("0.01")
 RATE = Decimal("0.000000001")
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
@@ -124,7 +135,7 @@ def invoice_draft(*, tenant: Tenant, period: str, now: datetime | None = None) -
                 period_start=bounds.start,
                 period_end=bounds.end,
                 grace_until=bounds.end + grace(),
-                currency=tenant.currency,
+                currency=billing_profile_of(tenant).currency,
             )
         _bill_rows(invoice)
         _rebuild_lines(invoice)
@@ -202,12 +213,15 @@ def _rebuild_lines(invoice: Invoice) -> None:
             output=Sum("output_tokens"),
             exact=Sum("cost"),
             upstream=Sum("upstream_cost"),
+            first=Min("created_at"),
+            last=Max("created_at"),
         )
         .order_by()
     )
     names = dict(Model.objects.values_list("pk", "name"))
     usage: list[InvoiceLine] = []
     adjustments: list[InvoiceLine] = []
+    seen: dict[int, dict[str, Any]] = {}  # id(line) -> its group, to label repeated models
     for g in groups:
         month = f"{g['month']:%Y-%m}"
         factor = markup_factor(g["markup_percent"])
@@ -234,8 +248,11 @@ def _rebuild_lines(invoice: Invoice) -> None:
             amount_usd=to_cents(g["exact"]),
         )
         (adjustments if late else usage).append(line)
-    usage.sort(key=lambda line: (line.description, line.input_price_per_mtok or 0))
-    adjustments.sort(key=lambda line: (line.usage_period, line.description))
+        seen[id(line)] = g
+    usage.sort(key=lambda line: (line.description, seen[id(line)]["first"]))
+    _label_repeats(usage, seen, tz)
+    adjustments.sort(key=lambda line: (line.usage_period, line.description, seen[id(line)]["first"]))
+    _label_repeats(adjustments, seen, tz)
     lines = usage + adjustments
 
     account = Account.objects.select_related("plan").filter(tenant=tenant).first()
@@ -276,24 +293,150 @@ def _rebuild_lines(invoice: Invoice) -> None:
     invoice.save(update_fields=["total_usd", "credits_applied_usd", "subtotal_usd"])
 
 
+def _day(value: datetime) -> str:
+    return f"{value.day} {value:%B}"
+
+
+def _span(first: datetime, last: datetime) -> str:
+    """``1-14 October``, or ``30 September-2 October`` across months (printed with an en dash)."""
+    if (first.year, first.month) == (last.year, last.month):
+        return f"{first.day}–{last.day} {last:%B}" if first.day != last.day else _day(last)
+    return f"{_day(first)}–{_day(last)}"
+
+
+def _pct(value: Decimal) -> str:
+    return f"{value.normalize():f}"
+
+
+def _label_repeats(lines: list[InvoiceLine], groups: dict[int, dict[str, Any]], tz: zoneinfo.ZoneInfo) -> None:
+    """Say why a model appears more than once: a new list price, or a changed plan markup,
+    from the local day it took effect; each such line also names the days it covers."""
+    by_model: dict[tuple[int | None, str], list[InvoiceLine]] = {}
+    for line in lines:
+        by_model.setdefault((line.model_id, line.usage_period), []).append(line)
+    for same in by_model.values():
+        if len(same) < 2:
+            continue
+        same.sort(key=lambda line: groups[id(line)]["first"])
+        previous: dict[str, Any] | None = None
+        for line in same:
+            g = groups[id(line)]
+            first, last = g["first"].astimezone(tz), g["last"].astimezone(tz)
+            if previous is None:
+                why = ""
+            elif (g["input_price_per_mtok"], g["cached_input_price_per_mtok"], g["output_price_per_mtok"]) != (
+                previous["input_price_per_mtok"],
+                previous["cached_input_price_per_mtok"],
+                previous["output_price_per_mtok"],
+            ):
+                why = f"price from {_day(first)}"
+            else:
+                why = (
+                    f"plan markup {_pct(previous['markup_percent'])}% → {_pct(g['markup_percent'])}% from {_day(first)}"
+                )
+            span = _span(first, last)
+            line.description = f"{line.description}, {why} ({span})" if why else f"{line.description} ({span})"
+            previous = g
+
+
 # --- finalising, voiding ------------------------------------------------------------------
 
 
 def _bill_to(tenant: Tenant) -> dict[str, Any]:
+    profile = billing_profile_of(tenant)
     return {
-        "name": tenant.name,
+        "name": profile.legal_name or tenant.name,
         "slug": tenant.slug,
         "email": tenant.billing_email,
+        "address": profile.address,
+        "country": profile.country,
+        "tax_id": profile.tax_id,
         "timezone": tenant.timezone,
-        "currency": tenant.currency,
+        "currency": profile.currency,
     }
 
 
-def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoice:
-    """Take the late rows, assign the next number of the year and freeze the invoice.
+def _issuer() -> dict[str, Any]:
+    issuer = issuer_get()
+    return {
+        "legal_name": issuer.legal_name,
+        "address": issuer.address,
+        "country": issuer.country,
+        "tax_id": issuer.tax_id,
+        "email": issuer.email,
+        "payment_instructions": issuer.payment_instructions,
+        "logo": issuer.logo_id or "",
+    }
 
-    Raises :class:`InvoicingError` for an invoice that is not a draft: a finalised invoice
-    is changed only by voiding and reissuing it.
+
+def _tax_and_currency(invoice: Invoice, *, issue_date: date) -> None:
+    """Resolve the tax rate and the exchange rate, and fill in the taxed and converted figures."""
+    profile = billing_profile_of(invoice.tenant)
+    tax = tax_treatment(profile)
+    currency = profile.currency or USD
+    if currency == USD:
+        rate, rate_date = Decimal(1), None
+    else:
+        fx = exchange_rate_on(currency=currency, day=issue_date)
+        if fx is None:
+            raise InvoicingError(
+                f"No USD→{currency} exchange rate on or before {issue_date} for {invoice}: "
+                f"add one in the admin (Billing > Exchange rates), then finalise again."
+            )
+        rate, rate_date = fx.rate, fx.effective_date
+    lines = list(invoice.lines.all())
+    for line in lines:
+        line.amount = convert(line.amount_usd, rate=rate, currency=currency)
+    InvoiceLine.objects.bulk_update(lines, ["amount"])
+    invoice.currency = currency
+    invoice.fx_rate, invoice.fx_rate_date = rate, rate_date
+    invoice.tax_label, invoice.tax_rate_percent, invoice.reverse_charge = (
+        tax.label,
+        tax.rate_percent,
+        tax.reverse_charge,
+    )
+    invoice.tax_usd = tax_of(invoice.total_usd, rate_percent=tax.rate_percent, currency=USD)
+    invoice.gross_usd = invoice.total_usd + invoice.tax_usd
+    invoice.net_amount = sum((line.amount for line in lines if line.amount is not None), Decimal(0))
+    invoice.tax_amount = tax_of(invoice.net_amount, rate_percent=tax.rate_percent, currency=currency)
+    invoice.gross_amount = invoice.net_amount + invoice.tax_amount
+    invoice.payment_terms_days = profile.payment_terms_days
+    invoice.issue_date = issue_date
+    invoice.due_date = issue_date + timedelta(days=profile.payment_terms_days)
+
+
+FINALIZE_FIELDS = [
+    "number",
+    "status",
+    "finalized_at",
+    "finalized_by",
+    "bill_to",
+    "issuer",
+    "currency",
+    "fx_rate",
+    "fx_rate_date",
+    "tax_label",
+    "tax_rate_percent",
+    "reverse_charge",
+    "tax_usd",
+    "gross_usd",
+    "net_amount",
+    "tax_amount",
+    "gross_amount",
+    "payment_terms_days",
+    "issue_date",
+    "due_date",
+]
+
+
+def invoice_finalize(*, invoice: Invoice, now: datetime | None = None, by: str = "system") -> Invoice:
+    """Take the late rows, tax and convert it, assign the next number of the year, and
+    freeze it: from here only its payment state moves. Then it is e-mailed to the tenant's
+    billing address and an ``invoice.finalized`` webhook goes out (after the commit).
+
+    Raises :class:`InvoicingError` for an invoice that is not a draft (a finalised invoice
+    is corrected by a credit note, or voided and reissued), and for an invoice in another
+    currency with no exchange rate entered for its issue date.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -301,36 +444,47 @@ def invoice_finalize(*, invoice: Invoice, now: datetime | None = None) -> Invoic
         locked = locks.invoice_for_update(invoice.pk)
         if not locked.is_draft:
             raise InvoicingError(
-                f"Invoice {locked.number} is already {locked.get_status_display().lower()}; "
-                "it cannot be finalised again. Void it and reissue to correct it."
+                f"Invoice {locked.number} is already finalised ({locked.status}); "
+                "it cannot be finalised again. Correct it with a credit note, or void it and reissue."
             )
         # The lines are current unless rows arrived since the last refresh (or it has none yet).
         if _bill_rows(locked) or not locked.lines.exists():
             _rebuild_lines(locked)
+        _tax_and_currency(locked, issue_date=now.astimezone(zoneinfo.ZoneInfo(locked.tenant.timezone)).date())
         year = now.astimezone(UTC).year
         locked.number = f"TW-{year}-{locks.invoice_number_next(year=year):06d}"
-        locked.status = Invoice.Status.FINALIZED
+        locked.status = Invoice.Status.OPEN
         locked.finalized_at = now
+        locked.finalized_by = by
         locked.bill_to = _bill_to(locked.tenant)
-        locked.save(update_fields=["number", "status", "finalized_at", "bill_to"])
+        locked.issuer = _issuer()
+        locked.save(update_fields=FINALIZE_FIELDS)
+        webhooks.event_record(
+            type="invoice.finalized", tenant_id=locked.tenant_id, data=webhooks.invoice_data(locked), invoice=locked
+        )
     return locked
 
 
-def invoice_void(*, invoice: Invoice, reason: str, reissue: bool = True, now: datetime | None = None) -> Invoice | None:
-    """Void a finalised invoice (its number stays used). With ``reissue``, a new draft for the
-    same month takes over its ledger rows; it is returned, to be checked and finalised."""
+def invoice_void(
+    *, invoice: Invoice, reason: str, reissue: bool = True, now: datetime | None = None, by: str = "system"
+) -> Invoice | None:
+    """Void a finalised invoice (its number stays used): for a draft-level mistake (wrong
+    customer details, wrong month). With ``reissue``, a new draft for the same month takes
+    over its ledger rows; it is returned, to be checked and finalised. A paid invoice cannot
+    be voided: correct it with a credit note."""
+    from billing.payments import status_move
+
     now = now or timezone.now()
     with transaction.atomic():
         locks.tenant_for_invoicing(invoice.tenant_id)
         locked = locks.invoice_for_update(invoice.pk)
-        if locked.status != Invoice.Status.FINALIZED:
+        if locked.status not in (Invoice.Status.OPEN, Invoice.Status.UNCOLLECTIBLE):
             raise InvoicingError(
-                f"Invoice {locked} is {locked.get_status_display().lower()}: only a finalised invoice can be voided."
+                f"Invoice {locked} is {locked.get_status_display().lower()}: only an open (finalised, unpaid) "
+                "or uncollectible invoice can be voided."
+                + (" Correct a paid invoice with a credit note." if locked.status == Invoice.Status.PAID else "")
             )
-        locked.status = Invoice.Status.VOID
-        locked.voided_at = now
-        locked.void_reason = reason
-        locked.save(update_fields=["status", "voided_at", "void_reason"])
+        status_move(locked, Invoice.Status.VOID, by=by, now=now, reason=reason)
         if not reissue:
             return None
         draft = Invoice.objects.create(
@@ -420,8 +574,10 @@ def drafts_sweep(*, now: datetime | None = None, batch: int = 100) -> tuple[int,
         try:
             invoice_finalize(invoice=invoice, now=now)
             finalized += 1
-        except InvoicingError:
-            continue  # finalised meanwhile by someone else
+        except InvoicingError as exc:
+            # Finalised meanwhile by someone else, or waiting for finance (an exchange rate).
+            log.warning("invoicing: %s left a draft: %s", invoice, exc)
+            continue
     for invoice in Invoice.objects.filter(status=Invoice.Status.DRAFT, grace_until__gt=now).order_by("pk")[:batch]:
         invoice_draft(tenant=invoice.tenant, period=invoice.period, now=now)
         refreshed += 1

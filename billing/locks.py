@@ -1,12 +1,13 @@
 """Every row lock billing takes, in one place (as Saleor's ``lock_objects.py``).
 
-Order, always: the tenant, then its invoice, then the year's number counter. Each helper
+Order, always: the tenant, then its invoice, then the year's invoice number counter, then
+the year's credit note counter. Each helper
 must run inside ``transaction.atomic()``; the lock lasts until that transaction ends.
 """
 
 from __future__ import annotations
 
-from billing.models import Invoice, InvoiceCounter
+from billing.models import CreditNoteCounter, Invoice, InvoiceCounter
 from tenants.models import Tenant
 
 
@@ -24,6 +25,15 @@ def invoice_number_next(*, year: int) -> int:
     caller's transaction commits, so a rolled-back finalisation gives its number back."""
     InvoiceCounter.objects.bulk_create([InvoiceCounter(year=year, last=0)], ignore_conflicts=True)
     counter = InvoiceCounter.objects.select_for_update().get(year=year)
+    counter.last += 1
+    counter.save(update_fields=["last"])
+    return counter.last
+
+
+def credit_note_number_next(*, year: int) -> int:
+    """The next credit note number of ``year``, gapless, like :func:`invoice_number_next`."""
+    CreditNoteCounter.objects.bulk_create([CreditNoteCounter(year=year, last=0)], ignore_conflicts=True)
+    counter = CreditNoteCounter.objects.select_for_update().get(year=year)
     counter.last += 1
     counter.save(update_fields=["last"])
     return counter.last

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import enum
+import secrets
+from decimal import Decimal
 from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from billing.money import validate_country, validate_currency
+from config.errors import DocumentFinal
 from tenants.models import ApiKey, Tenant
 
 # Prices are USD per million tokens with up to 6 decimal places (e.g. $0.000150);
@@ -356,10 +361,45 @@ class Reservation(models.Model):
 # --- invoices -----------------------------------------------------------------------------
 
 CENT_DIGITS = 14
+# Amounts in an invoice currency: up to 3 minor digits (BHD); 4 places hold any ISO 4217 one.
+MONEY_DIGITS, MONEY_PLACES = 22, 4
+
+
+# What a finalised invoice may still change: its payment state and who moved it. Everything
+# else is frozen, here (Python), and by a Postgres trigger (migration 0009) as the last line.
+INVOICE_STATE_FIELDS = frozenset(
+    {"status", "paid_on", "payment_reference", "status_changed_at", "status_changed_by", "voided_at", "void_reason"}
+)
+# The payment state machine: open -> paid | uncollectible | void; uncollectible -> paid | void.
+INVOICE_TRANSITIONS: dict[str, frozenset[str]] = {
+    "open": frozenset({"paid", "uncollectible", "void"}),
+    "uncollectible": frozenset({"paid", "void"}),
+}
+
+
+class InvoiceQuerySet(models.QuerySet["Invoice"]):
+    """Refuses bulk ``update()`` and ``delete()`` that would touch a finalised invoice: state
+    moves go through ``billing.payments.invoice_status_set`` one invoice at a time."""
+
+    def update(self, **kwargs: Any) -> int:
+        final = self.exclude(status=Invoice.Status.DRAFT).values_list("number", flat=True).first()
+        if final is not None:
+            raise DocumentFinal(f"Invoice {final} is final: a bulk update may not change it.")
+        return super().update(**kwargs)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        final = self.exclude(status=Invoice.Status.DRAFT).values_list("number", flat=True).first()
+        if final is not None:
+            raise DocumentFinal(f"Invoice {final} is final: it cannot be deleted. Correct it with a credit note.")
+        return super().delete()
 
 
 class Invoice(models.Model):
-    """A tenant's invoice for one billing month: draft, then finalised (numbered, immutable), maybe void.
+    """A tenant's invoice for one billing month: draft, then finalised (numbered, immutable).
+
+    Once finalised only its payment state moves (``INVOICE_TRANSITIONS``): open, then paid,
+    uncollectible or void. A finalised row's ``save()`` may change only
+    ``INVOICE_STATE_FIELDS``, and its ``delete()`` raises :class:`config.errors.DocumentFinal`.
 
     Which ledger rows it bills is recorded on the rows (``UsageRecord.invoice``), so each
     row is billed exactly once, and usage that arrives after finalisation is simply still
@@ -368,8 +408,12 @@ class Invoice(models.Model):
 
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
-        FINALIZED = "finalized", "Finalised"
+        OPEN = "open", "Open (finalised, unpaid)"
+        PAID = "paid", "Paid"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
         VOID = "void", "Void"
+        # The name before payment states existed: the value of OPEN, not a member of its own.
+        FINALIZED = enum.nonmember("open")
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
     period = models.CharField(max_length=7, help_text="The tenant's billing month, YYYY-MM")
@@ -377,23 +421,54 @@ class Invoice(models.Model):
     period_end = models.DateTimeField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     number = models.CharField(max_length=32, unique=True, null=True, blank=True, help_text="Assigned at finalisation")
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default="USD", help_text="The currency it is invoiced in")
     grace_until = models.DateTimeField(help_text="Late usage lands on the draft until then; then it is finalised")
     billed_from = models.DateTimeField(
         null=True, blank=True, help_text="The earliest ledger row it bills (before period_start when it has late ones)"
     )
     subtotal_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0)
     credits_applied_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0)
-    total_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0)
-    # What the tenant was, at finalisation: an invoice must not change when the tenant does.
+    total_usd = models.DecimalField(
+        max_digits=CENT_DIGITS, decimal_places=2, default=0, help_text="Net: the sum of the lines, before tax"
+    )
+    tax_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2, default=0, db_default=0)
+    gross_usd = models.DecimalField(
+        max_digits=CENT_DIGITS, decimal_places=2, default=0, db_default=0, help_text="Net plus tax"
+    )
+    # Tax, resolved at finalisation (the tenant's rate, else its country's default).
+    tax_label = models.CharField(max_length=32, blank=True, db_default="")
+    tax_rate_percent = models.DecimalField(max_digits=7, decimal_places=4, null=True, blank=True)
+    reverse_charge = models.BooleanField(default=False, db_default=False)
+    # The invoice currency: converted once, at finalisation, at the rate in effect then.
+    fx_rate = models.DecimalField(
+        max_digits=24, decimal_places=10, null=True, blank=True, help_text="Units of the currency per 1 USD"
+    )
+    fx_rate_date = models.DateField(null=True, blank=True, help_text="The day the rate took effect")
+    net_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, null=True, blank=True)
+    tax_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, null=True, blank=True)
+    gross_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, null=True, blank=True)
+    issue_date = models.DateField(null=True, blank=True, help_text="The tenant's local date of finalisation")
+    due_date = models.DateField(null=True, blank=True)
+    payment_terms_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Who issued it and to whom, as they were at finalisation: an invoice must not change
+    # when the issuer's or the tenant's details do.
+    issuer = models.JSONField(default=dict, blank=True, db_default={})
     bill_to = models.JSONField(default=dict, blank=True)
     replaces = models.OneToOneField(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="replaced_by", help_text="Reissue of"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     finalized_at = models.DateTimeField(null=True, blank=True)
+    finalized_by = models.CharField(max_length=150, blank=True, db_default="")
+    paid_on = models.DateField(null=True, blank=True, help_text="The day the payment arrived")
+    payment_reference = models.CharField(max_length=200, blank=True, db_default="")
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    status_changed_by = models.CharField(max_length=150, blank=True, db_default="")
     voided_at = models.DateTimeField(null=True, blank=True)
     void_reason = models.CharField(max_length=500, blank=True)
+
+    objects = InvoiceQuerySet.as_manager()
+    _stored_status: str | None = None  # the status as last read from or written to the database
 
     class Meta:
         ordering = ["-period", "tenant_id", "-created_at"]
@@ -414,9 +489,71 @@ class Invoice(models.Model):
     def __str__(self) -> str:
         return self.number or f"draft {self.tenant} {self.period}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        stored: str | None = getattr(self, "_stored_status", None)
+        if self.pk is not None and stored is not None and stored != self.Status.DRAFT:
+            fields = kwargs.get("update_fields")
+            if fields is None or not set(fields) <= INVOICE_STATE_FIELDS:
+                raise DocumentFinal(
+                    f"Invoice {self.number} is final: only its payment state can change "
+                    "(billing.payments.invoice_status_set). Correct it with a credit note."
+                )
+            if self.status != stored and self.status not in INVOICE_TRANSITIONS.get(stored, frozenset()):
+                raise DocumentFinal(f"Invoice {self.number} is {stored}: it cannot become {self.status}.")
+        super().save(*args, **kwargs)
+        self._stored_status = self.status
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        if getattr(self, "_stored_status", self.status) != self.Status.DRAFT:
+            raise DocumentFinal(f"Invoice {self.number} is final: it cannot be deleted. Correct it with a credit note.")
+        return super().delete(*args, **kwargs)
+
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> Invoice:
+        instance = super().from_db(db, field_names, values)
+        instance._stored_status = instance.__dict__.get("status")
+        return instance
+
     @property
     def is_draft(self) -> bool:
         return self.status == self.Status.DRAFT
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != self.Status.DRAFT
+
+    def is_overdue(self, today: Any = None) -> bool:
+        """Open and past its due date (in the tenant's own dates)."""
+        if self.status != self.Status.OPEN or self.due_date is None:
+            return False
+        if today is None:
+            import zoneinfo
+
+            today = timezone.now().astimezone(zoneinfo.ZoneInfo(self.tenant.timezone)).date()
+        return bool(self.due_date < today)
+
+
+class InvoiceLineQuerySet(models.QuerySet["InvoiceLine"]):
+    """Lines of a finalised invoice are frozen with it: no bulk update, delete or insert."""
+
+    def _refuse_final(self, invoice_ids: Any) -> None:
+        final = Invoice.objects.filter(pk__in=invoice_ids).exclude(status=Invoice.Status.DRAFT)
+        number = final.values_list("number", flat=True).first()
+        if number is not None:
+            raise DocumentFinal(f"Invoice {number} is final: its lines cannot change.")
+
+    def update(self, **kwargs: Any) -> int:
+        self._refuse_final(self.values("invoice_id"))
+        return super().update(**kwargs)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        self._refuse_final(self.values("invoice_id"))
+        return super().delete()
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[InvoiceLine]:
+        objs = list(objs)
+        self._refuse_final({obj.invoice_id for obj in objs})
+        return super().bulk_create(objs, *args, **kwargs)
 
 
 class InvoiceLine(models.Model):
@@ -450,6 +587,15 @@ class InvoiceLine(models.Model):
     amount_usd = models.DecimalField(
         max_digits=CENT_DIGITS, decimal_places=2, help_text="exact_usd rounded half-up to cents, once"
     )
+    amount = models.DecimalField(
+        max_digits=MONEY_DIGITS,
+        decimal_places=MONEY_PLACES,
+        null=True,
+        blank=True,
+        help_text="amount_usd in the invoice currency (set at finalisation), rounded to its minor unit",
+    )
+
+    objects = InvoiceLineQuerySet.as_manager()
 
     class Meta:
         ordering = ["invoice", "position"]
@@ -457,6 +603,23 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.description}: {self.amount_usd}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        number = self._invoice_final()
+        if number is not None:
+            raise DocumentFinal(f"Invoice {number} is final: its lines cannot change.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        number = self._invoice_final()
+        if number is not None:
+            raise DocumentFinal(f"Invoice {number} is final: its lines cannot change.")
+        return super().delete(*args, **kwargs)
+
+    def _invoice_final(self) -> str | None:
+        return (
+            Invoice.objects.filter(pk=self.invoice_id).exclude(status="draft").values_list("number", flat=True).first()
+        )
 
 
 class InvoiceCounter(models.Model):
@@ -467,6 +630,304 @@ class InvoiceCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.year}: {self.last}"
+
+
+# --- credit notes -------------------------------------------------------------------------
+
+
+class CreditNoteQuerySet(models.QuerySet["CreditNote"]):
+    def update(self, **kwargs: Any) -> int:
+        if self.exists():
+            raise DocumentFinal("A credit note is final once issued: issue another to correct it.")
+        return 0
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        if self.exists():
+            raise DocumentFinal("A credit note is final once issued: it cannot be deleted.")
+        return 0, {}
+
+
+class CreditNote(models.Model):
+    """A correction of a finalised invoice: whole, chosen lines, or an amount. Numbered
+    ``CN-YYYY-NNNNNN`` (its own gapless series) and immutable from the moment it is issued:
+    its lines are stored on the row itself (``lines``), so nothing can be added later."""
+
+    class Kind(models.TextChoices):
+        WHOLE = "whole", "Whole invoice"
+        LINES = "lines", "Chosen lines"
+        AMOUNT = "amount", "An amount"
+
+    number = models.CharField(max_length=32, unique=True)
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_notes")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    reason = models.CharField(max_length=500)
+    currency = models.CharField(max_length=3)
+    fx_rate = models.DecimalField(max_digits=24, decimal_places=10)
+    fx_rate_date = models.DateField(null=True, blank=True)
+    tax_label = models.CharField(max_length=32, blank=True)
+    tax_rate_percent = models.DecimalField(max_digits=7, decimal_places=4)
+    reverse_charge = models.BooleanField(default=False)
+    net_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2)
+    tax_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2)
+    gross_usd = models.DecimalField(max_digits=CENT_DIGITS, decimal_places=2)
+    net_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    tax_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    gross_amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+    lines = models.JSONField(help_text="What it credits: [{position, description, amount_usd, amount}]")
+    issuer = models.JSONField(default=dict)
+    bill_to = models.JSONField(default=dict)
+    issue_date = models.DateField()
+    issued_at = models.DateTimeField(default=timezone.now)
+    issued_by = models.CharField(max_length=150, blank=True)
+
+    objects = CreditNoteQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-issued_at"]
+        constraints = [models.CheckConstraint(condition=models.Q(net_usd__gt=0), name="credit_note_positive")]
+
+    def __str__(self) -> str:
+        return self.number
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise DocumentFinal(f"Credit note {self.number} is final once issued: issue another to correct it.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise DocumentFinal(f"Credit note {self.number} is final once issued: it cannot be deleted.")
+
+
+class CreditNoteCounter(models.Model):
+    """The last credit note number used in a year, locked like :class:`InvoiceCounter`."""
+
+    year = models.PositiveIntegerField(primary_key=True)
+    last = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.year}: {self.last}"
+
+
+# --- who issues, who is billed, tax and exchange rates -------------------------------------
+
+
+class Issuer(models.Model):
+    """The platform as the invoices' issuer: one row (``pk=1``), edited in the admin. The
+    ``TOLLWAY_INVOICE_ISSUER`` setting is only the first default. Each invoice keeps a copy
+    of it as it was at finalisation."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    legal_name = models.CharField(max_length=200)
+    address = models.TextField(blank=True, help_text="One line per row, as printed")
+    country = models.CharField(max_length=2, blank=True, validators=[validate_country], help_text="ISO 3166, e.g. DE")
+    tax_id = models.CharField("tax id", max_length=64, blank=True, help_text="e.g. a VAT number, DE123456789")
+    email = models.EmailField(blank=True, help_text="Shown on invoices; the From of invoice e-mails when set")
+    payment_instructions = models.TextField(
+        blank=True, help_text="Bank account (IBAN, BIC) or other payment instructions, as printed"
+    )
+    logo = models.ForeignKey(
+        "billing.IssuerLogo", on_delete=models.PROTECT, null=True, blank=True, editable=False, related_name="+"
+    )
+    webhook_url = models.URLField(
+        blank=True, help_text="The platform's own billing webhook: every tenant's events go here too"
+    )
+    webhook_secret = models.CharField(max_length=64, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="issuer_singleton")]
+
+    def __str__(self) -> str:
+        return self.legal_name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _webhook_secret_fill(self)
+        super().save(*args, **kwargs)
+
+
+def _webhook_secret_fill(endpoint: Issuer | BillingProfile) -> None:
+    """An endpoint gets its signing secret (``whsec_…``) the first time it has a URL."""
+    if endpoint.webhook_url and not endpoint.webhook_secret:
+        endpoint.webhook_secret = f"whsec_{secrets.token_urlsafe(24)}"
+
+
+class IssuerLogo(models.Model):
+    """A logo as uploaded, by its SHA-256: kept for good, so an invoice's snapshot of the issuer
+    (which names its logo by hash) prints the same logo after the issuer uploads a new one."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    data = models.BinaryField()
+    content_type = models.CharField(max_length=32)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.sha256[:12]
+
+
+class CountryTaxRate(models.Model):
+    """The default tax rate of customers in a country (a tenant's own rate overrides it)."""
+
+    country = models.CharField(max_length=2, unique=True, validators=[validate_country], help_text="ISO 3166, e.g. DE")
+    rate_percent = models.DecimalField(
+        max_digits=7, decimal_places=4, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    label = models.CharField(max_length=32, default="VAT", help_text="Printed beside the rate: VAT, GST, sales tax")
+
+    class Meta:
+        ordering = ["country"]
+
+    def __str__(self) -> str:
+        return f"{self.country}: {self.label} {self.rate_percent}%"
+
+
+class BillingProfile(models.Model):
+    """Whom an invoice is addressed to and how it is taxed, paid and delivered.
+
+    A one-to-one on the tenant, kept in ``billing`` because ``tenants`` may not import
+    billing (docs/architecture.md, "Which app imports which"), and apart from :class:`Account`
+    because the account is read on every call (admission caches it, and a change to it
+    rebuilds the spend counters),
+    while these details change on a finance person's schedule. The billing e-mail stays
+    ``Tenant.billing_email``.
+    """
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing_profile")
+    legal_name = models.CharField(max_length=200, blank=True, help_text="Empty: the tenant's display name")
+    address = models.TextField(blank=True, help_text="Billing address, one line per row")
+    country = models.CharField(max_length=2, blank=True, validators=[validate_country], help_text="ISO 3166, e.g. DE")
+    tax_id = models.CharField("tax id", max_length=64, blank=True, help_text="The customer's VAT or tax number")
+    payment_terms_days = models.PositiveSmallIntegerField(
+        default=30, validators=[MaxValueValidator(365)], help_text="Due this many days after the issue date"
+    )
+    tax_rate_percent = models.DecimalField(
+        max_digits=7,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Empty: the country's default rate (Country tax rates)",
+    )
+    reverse_charge = models.BooleanField(
+        default=False, help_text="The customer accounts for the tax (EU B2B): rate 0 with a reverse-charge note"
+    )
+    currency = models.CharField(
+        max_length=3, default="USD", validators=[validate_currency], help_text="Invoice currency (ISO 4217)"
+    )
+    webhook_url = models.URLField(blank=True, help_text="Billing events are POSTed here, signed")
+    webhook_secret = models.CharField(max_length=64, blank=True, editable=False)
+    alert_thresholds = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Percentages of the monthly budget that send an alert, e.g. [50, 80, 100]. Empty: the defaults.",
+    )
+    low_balance_usd = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Prepaid: alert when the credit balance falls below this",
+    )
+
+    def __str__(self) -> str:
+        return f"billing profile of {self.tenant}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _webhook_secret_fill(self)
+        super().save(*args, **kwargs)
+
+
+class ExchangeRate(models.Model):
+    """How many units of ``currency`` one USD buys, from ``effective_date`` until the next rate."""
+
+    currency = models.CharField(max_length=3, validators=[validate_currency])
+    rate = models.DecimalField(
+        max_digits=24, decimal_places=10, validators=[MinValueValidator(Decimal("0.0000000001"))]
+    )
+    effective_date = models.DateField()
+    note = models.CharField(max_length=200, blank=True, help_text="Its source, e.g. ECB reference rate")
+    created_by = models.CharField(max_length=150, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["currency", "-effective_date"]
+        constraints = [
+            models.UniqueConstraint(fields=["currency", "effective_date"], name="fx_one_rate_per_day"),
+            models.CheckConstraint(condition=models.Q(rate__gt=0), name="fx_rate_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"1 USD = {self.rate} {self.currency} from {self.effective_date}"
+
+
+# --- delivery: e-mails, webhooks, alerts ---------------------------------------------------
+
+
+class WebhookEvent(models.Model):
+    """A billing event (``invoice.finalized``, ``invoice.paid``, ``credit_note.created``,
+    ``spend.threshold``, ``balance.low``), kept with the body that was signed and sent."""
+
+    event_id = models.CharField(max_length=40, unique=True)
+    type = models.CharField(max_length=40)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class Delivery(models.Model):
+    """One attempt to deliver a document or event: an e-mail or a webhook POST, and its result."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "E-mail"
+        WEBHOOK = "webhook", "Webhook"
+
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries")
+    credit_note = models.ForeignKey(
+        CreditNote, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+    )
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries")
+    what = models.CharField(max_length=60, help_text="The event type, or the document e-mailed")
+    target = models.CharField(max_length=500, help_text="The address or URL")
+    attempt = models.PositiveSmallIntegerField()
+    ok = models.BooleanField()
+    detail = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.what} to {self.target}: {'ok' if self.ok else 'failed'}"
+
+
+class SpendAlert(models.Model):
+    """A spend threshold crossed in a month: unique, so concurrent crossers alert once."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    month = models.CharField(max_length=7)
+    threshold = models.CharField(max_length=16, help_text="A percentage of the budget, or low_balance")
+    spend_usd = models.DecimalField(max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_PLACES)
+    limit_usd = models.DecimalField(max_digits=AMOUNT_DIGITS, decimal_places=AMOUNT_PLACES, null=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "month", "threshold"], name="spend_alert_once_per_month")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.month} {self.threshold}"
 
 
 # --- rollups and reports ---------------------------------------------------------------------

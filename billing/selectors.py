@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet, Sum
 
 from billing import admission
-from billing.models import Model, Price, RollupState, UsageRecord, UsageRollup
+from billing.models import (
+    BillingProfile,
+    CountryTaxRate,
+    ExchangeRate,
+    Issuer,
+    Model,
+    Price,
+    RollupState,
+    UsageRecord,
+    UsageRollup,
+)
 from billing.pricing import LEDGER_QUANTUM, PriceSnapshot, usd
 from billing.rollups import ledger_by_day
 from tenants.models import ApiKey, Tenant
@@ -145,3 +157,48 @@ def usage_report(*, tenant: Tenant, start: date, end: date, group_by: str) -> di
         "data": data,
         "totals": money(totals),
     }
+
+
+# --- finance: issuer, billing profiles, tax and exchange rates ------------------------------
+
+
+def issuer_get() -> Issuer:
+    """The issuer row, made on first use from ``TOLLWAY_INVOICE_ISSUER`` (name, then address lines)."""
+    issuer = Issuer.objects.select_related("logo").filter(pk=1).first()
+    if issuer is not None:
+        return issuer
+    name, *address = settings.TOLLWAY["INVOICE_ISSUER"] or ["Tollway"]
+    issuer, _ = Issuer.objects.get_or_create(pk=1, defaults={"legal_name": name, "address": "\n".join(address)})
+    return issuer
+
+
+def billing_profile_of(tenant: Tenant) -> BillingProfile:
+    """The tenant's billing profile; an unsaved default one when finance has set none."""
+    profile = BillingProfile.objects.filter(tenant=tenant).first()
+    return profile if profile is not None else BillingProfile(tenant=tenant)
+
+
+@dataclass(frozen=True)
+class TaxTreatment:
+    label: str
+    rate_percent: Decimal
+    reverse_charge: bool
+
+
+def tax_treatment(profile: BillingProfile) -> TaxTreatment:
+    """The tenant's own rate, else its country's default, else none; zero with a note when
+    the customer accounts for the tax itself (reverse charge)."""
+    country = CountryTaxRate.objects.filter(country=profile.country).first() if profile.country else None
+    label = country.label if country else "Tax"
+    if profile.reverse_charge:
+        return TaxTreatment(label=label, rate_percent=Decimal(0), reverse_charge=True)
+    if profile.tax_rate_percent is not None:
+        return TaxTreatment(label=label, rate_percent=profile.tax_rate_percent, reverse_charge=False)
+    if country is not None:
+        return TaxTreatment(label=country.label, rate_percent=country.rate_percent, reverse_charge=False)
+    return TaxTreatment(label="Tax", rate_percent=Decimal(0), reverse_charge=False)
+
+
+def exchange_rate_on(*, currency: str, day: date) -> ExchangeRate | None:
+    """The rate in effect on ``day``: the latest one that started on or before it."""
+    return ExchangeRate.objects.filter(currency=currency, effective_date__lte=day).order_by("-effective_date").first()

@@ -8,8 +8,9 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from billing import admission
-from billing.models import Account, CreditEntry, Plan, PlanModelMarkup
+from billing import admission, alerts
+from billing.models import Account, BillingProfile, CreditEntry, Plan, PlanModelMarkup
+from tenants.models import Membership, Tenant
 
 
 @receiver([post_save, post_delete], sender=Account)
@@ -58,3 +59,13 @@ def _plan_saved(sender: type[Plan], instance: Plan, **kwargs: Any) -> None:
 @receiver([post_save, post_delete], sender=PlanModelMarkup)
 def _plan_markup_changed(sender: type[PlanModelMarkup], instance: PlanModelMarkup, **kwargs: Any) -> None:
     _forget_plan_accounts(instance.plan_id)
+
+
+@receiver([post_save, post_delete], sender=BillingProfile)
+@receiver([post_save, post_delete], sender=Tenant)
+@receiver([post_save, post_delete], sender=Membership)
+def _alert_config_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Thresholds, the budget and the contacts are cached for the settle path: forget them."""
+    tenant_id = instance.pk if isinstance(instance, Tenant) else instance.tenant_id
+    alerts.configs.invalidate([str(tenant_id)])
+    transaction.on_commit(lambda: alerts.configs.invalidate([str(tenant_id)]))

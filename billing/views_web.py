@@ -16,7 +16,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from billing import admission, charts
+from billing import admission, alerts, charts
 from billing.documents import invoice_filename, invoice_pdf
 from billing.models import Invoice, UsageRecord
 from billing.selectors import daily_cost_by_model, tenant_money
@@ -41,7 +41,11 @@ def spend_chart(tenant: Tenant, days: int) -> charts.Chart:
 
 def invoice_list(tenant: Tenant) -> list[Invoice]:
     # As in the API: a draft is not an invoice yet.
-    return list(Invoice.objects.filter(tenant=tenant).exclude(status=Invoice.Status.DRAFT).order_by("-pk")[:24])
+    invoices = list(Invoice.objects.filter(tenant=tenant).exclude(status=Invoice.Status.DRAFT).order_by("-pk")[:24])
+    today = _local_today(tenant)
+    for invoice in invoices:
+        invoice.overdue = invoice.is_overdue(today)  # type: ignore[attr-defined]  # for the template
+    return invoices
 
 
 @member_required()
@@ -85,6 +89,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "top_keys": top_keys,
             "recent": recent,
             "invoices": invoice_list(tenant) if membership.role != Membership.Role.DEVELOPER else [],
+            "today": _local_today(tenant),
+            "refusing": alerts.refusing(tenant.pk),
+            "contacts": (alerts.configs.get(str(tenant.pk)) or alerts.AlertConfig(None, (), None, "")).contacts,
             "keys": keys,
         },
     )

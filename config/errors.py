@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    DOCUMENT_FINAL = "document_final"
+    INVALID_STATE = "invalid_state"
     RATE_LIMITED = "rate_limit_exceeded"
     INSUFFICIENT_QUOTA = "insufficient_quota"
     LIMITS_UNAVAILABLE = "limits_unavailable"
@@ -119,6 +121,23 @@ class MethodNotAllowed(TollwayError):
     default_code = ErrorCode.METHOD_NOT_ALLOWED
 
 
+class DocumentFinal(TollwayError):
+    """A finalised invoice or an issued credit note was asked to change: it never does
+    (docs/architecture.md, "Invariants"). Raised by the models themselves, so no code path can do it."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = ErrorCode.DOCUMENT_FINAL
+
+
+class Conflict(TollwayError):
+    """The action does not fit the object's state (e.g. paying a void invoice)."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = ErrorCode.INVALID_STATE
+
+
 class RateLimited(TollwayError):
     status = 429
     type = "rate_limit_error"
@@ -131,6 +150,7 @@ class QuotaExceeded(TollwayError):
     status = 429
     type = "insufficient_quota"
     default_code = ErrorCode.INSUFFICIENT_QUOTA
+    limit: str = ""  # which one: tenant_budget, key_budget or credit (billing.admission)
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)

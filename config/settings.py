@@ -113,9 +113,13 @@ ROOT_URLCONF = "config.urls"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/dashboard/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
-# Password-reset mails for dashboard users (Django's own views send them).
+# Password-reset mails for dashboard users (Django's own views send them), invoices and alerts.
 EMAIL_HOST = env.str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env.int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", 10.0)  # a hung mail server costs one short timeout
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "tollway@localhost")
 WSGI_APPLICATION = "config.wsgi.application"
 APPEND_SLASH = False
@@ -297,8 +301,19 @@ TOLLWAY: dict[str, Any] = {
     # Hours after a billing month ends during which late usage still lands on its draft
     # invoice; then the draft is finalised (numbered, immutable).
     "INVOICE_GRACE_HOURS": env.int("TOLLWAY_INVOICE_GRACE_HOURS", 72),
-    # Who issues the invoices: the header of every invoice PDF.
+    # Who issues the invoices: only the first default of the issuer (legal name, then address
+    # lines), which finance then sets in the admin (Billing > Issuer).
     "INVOICE_ISSUER": env.list("TOLLWAY_INVOICE_ISSUER", ["Tollway", "AI API gateway"]),
+    # Invoice e-mails and billing webhooks: attempts in all, the backoff between them
+    # (exponential from the base, with jitter, capped), and each webhook POST's timeout.
+    "DELIVERY_MAX_ATTEMPTS": env.int("TOLLWAY_DELIVERY_MAX_ATTEMPTS", 8),
+    "DELIVERY_RETRY_BASE_SECONDS": env.float("TOLLWAY_DELIVERY_RETRY_BASE_SECONDS", 30.0),
+    "DELIVERY_RETRY_MAX_SECONDS": env.float("TOLLWAY_DELIVERY_RETRY_MAX_SECONDS", 3600.0),
+    "WEBHOOK_TIMEOUT_SECONDS": env.float("TOLLWAY_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+    # A tenant's webhook URL may not resolve to a private or loopback address (SSRF) unless this is on.
+    "WEBHOOK_ALLOW_PRIVATE": env.bool("TOLLWAY_WEBHOOK_ALLOW_PRIVATE", False),
+    # Spend alerts: the default thresholds, in percent of the monthly budget.
+    "SPEND_ALERT_THRESHOLDS": [int(x) for x in env.list("TOLLWAY_SPEND_ALERT_THRESHOLDS", ["50", "80", "100"])],
     # The built-in mock provider's pacing (milliseconds).
     "MOCK_LATENCY_MS": env.int("TOLLWAY_MOCK_LATENCY_MS", 0),
     "MOCK_CHUNK_DELAY_MS": env.int("TOLLWAY_MOCK_CHUNK_DELAY_MS", 0),

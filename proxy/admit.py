@@ -12,10 +12,12 @@ import json
 
 from django.conf import settings
 
-from billing.admission import Admission, Ask, Limits, account_of
+from billing import admission
+from billing.admission import Admission, Ask, Limits, account_of, month_bounds
 from billing.admission import admit as take
+from billing.alerts import quota_refused
 from billing.pricing import PriceSnapshot, TokenUsage, charge_of
-from config.errors import InvalidRequest
+from config.errors import InvalidRequest, QuotaExceeded
 from proxy import tokens
 from proxy.meter import Call
 from proxy.parse import EMBEDDINGS
@@ -95,5 +97,10 @@ def admit(call: Call) -> Admission:
             "timezone": principal.tenant_timezone,
         },
     )
-    call.admission = take(ask)
+    try:
+        call.admission = take(ask)
+    except QuotaExceeded as exc:
+        # Says who can raise the budget, and shows the dashboard's banner (billing.alerts).
+        month, _, _ = month_bounds(principal.tenant_timezone, admission.clock())
+        raise quota_refused(exc, tenant_id=principal.tenant_pk, month=month) from None
     return call.admission

@@ -29,8 +29,8 @@ from tenants.cache import principals
 from tenants.models import Tenant
 
 ROOT = Path(__file__).resolve().parent.parent
-# The headless-Chromium fixture for the web pages' tests.
-pytest_plugins = ["tests.browser"]
+# The headless-Chromium fixture for the web pages' tests; SMTP and webhook receivers.
+pytest_plugins = ["tests.browser", "tests.delivery"]
 UPSTREAM_KEY_ENV = "TOLLWAY_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-upstream-test-secret"
 

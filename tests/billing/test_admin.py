@@ -66,7 +66,7 @@ def test_finalise_filter_download_and_void_from_the_admin(admin_client: Client, 
 
     # list filters
     changelist = reverse("admin:billing_invoice_changelist")
-    assert admin_client.get(changelist, {"status": "finalized", "period": "2026-10"}).status_code == 200
+    assert admin_client.get(changelist, {"status": "open", "period": "2026-10"}).status_code == 200
     assert admin_client.get(changelist, {"status__exact": "draft"}).status_code == 200
 
     # downloads: one PDF, a zip of PDFs, per-invoice CSVs, the month's CSV

@@ -155,7 +155,7 @@ class TestInvoices:
         assert [row["number"] for row in listing["data"]] == [invoice.number]
         assert listing["data"][0]["total_usd"] == str(invoice.total_usd)
         detail = billing.get(f"/v1/invoices/{invoice.number}").json()
-        assert detail["status"] == "finalized" and detail["bill_to"]["slug"] == "acme"
+        assert detail["status"] == "open" and detail["bill_to"]["slug"] == "acme"
         assert [line["model"] for line in detail["lines"]] == ["gpt-4.1"]
         assert sum(Decimal(line["amount_usd"]) for line in detail["lines"]) == Decimal(detail["total_usd"])
         assert billing.get("/v1/invoices", period="2026-09").json()["data"] == []
@@ -169,7 +169,7 @@ class TestInvoices:
         assert pdf["Content-Disposition"] == f'attachment; filename="{invoice.number}.pdf"'
         csv = billing.get(f"/v1/invoices/{invoice.number}.csv")
         assert csv.status_code == 200 and csv["Content-Type"].startswith("text/csv")
-        assert csv.content.decode().splitlines()[1].startswith(f"{invoice.number},finalized,acme,2026-10,1,usage")
+        assert csv.content.decode().splitlines()[1].startswith(f"{invoice.number},open,acme,2026-10,1,usage")
 
     def test_another_tenants_invoice_is_404_everywhere(
         self, billing: Billing, other_billing: Billing, tenant: Tenant, gpt: Model

@@ -158,7 +158,9 @@ def test_finalising_twice_is_refused_clearly(tenant: Tenant, models: dict[str, M
     invoice = invoice_draft(tenant=tenant, period="2026-10", now=AFTER_OCT)
     assert invoice is not None
     invoice_finalize(invoice=invoice, now=AFTER_GRACE)
-    with pytest.raises(InvoicingError, match=r"TW-2026-000001 is already finalised.*Void it and reissue"):
+    with pytest.raises(
+        InvoicingError, match=r"TW-2026-000001 is already finalised \(open\).*credit note, or void it and reissue"
+    ):
         invoice_finalize(invoice=invoice, now=AFTER_GRACE)
 
 
@@ -193,7 +195,7 @@ def test_void_and_reissue_moves_the_rows_and_takes_a_new_number(tenant: Tenant, 
     assert (invoice.status, invoice.number) == (Invoice.Status.VOID, "TW-2026-000001")
     assert reissued.number == "TW-2026-000002" and reissued.total_usd == Decimal("8.00")
     assert UsageRecord.objects.get().invoice_id == reissued.pk
-    with pytest.raises(InvoicingError, match="only a finalised invoice can be voided"):
+    with pytest.raises(InvoicingError, match=r"only an open .* or uncollectible invoice can be voided"):
         invoice_void(invoice=invoice, reason="again")
 
 
@@ -269,7 +271,7 @@ def test_pdf_looks_like_an_invoice_and_csvs_add_up(tenant: Tenant, models: dict[
     assert len(lines) == 1 + invoice.lines.count() + 1
     assert sum(Decimal(row.rsplit(",", 1)[1]) for row in lines[1:-1]) == Decimal(lines[-1].rsplit(",", 1)[1])
     month = invoices_csv(Invoice.objects.filter(period="2026-10")).splitlines()
-    assert month[1].startswith(f"{invoice.number},finalized,acme,Acme Corp,2026-10")
+    assert month[1].startswith(f"{invoice.number},open,acme,Acme Corp,,,2026-10")
 
 
 def test_the_minimum_is_charged_for_an_idle_month_but_not_before_the_tenant_existed(tenant: Tenant) -> None:
