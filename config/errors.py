@@ -11,12 +11,16 @@ right status. Codes are an enum so clients can branch on them.
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
+
+log = logging.getLogger(__name__)
 
 
 class ErrorCode(StrEnum):
@@ -46,6 +50,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_OVERLOADED = "upstream_overloaded"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     SERVER_ERROR = "server_error"
+    INTERNAL_ERROR = "internal_error"
 
 
 class TollwayError(Exception):
@@ -144,6 +149,26 @@ class UpstreamError(TollwayError):
     default_code = ErrorCode.UPSTREAM_UNAVAILABLE
 
 
+class InternalError(TollwayError):
+    """A bug in Tollway, not the client's fault nor the provider's: 500 ``internal_error``.
+
+    The message names the request id, which the log line of the traceback carries too,
+    so an operator can find what happened from what the client saw.
+    """
+
+    status = 500
+    type = "server_error"
+    default_code = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, request_id: str | None, **kwargs: Any) -> None:
+        where = f" (request {request_id})" if request_id else ""
+        super().__init__(
+            f"Tollway hit an internal error{where}. It has been logged; retry, and if it persists, "
+            "report the request id to the operator.",
+            **kwargs,
+        )
+
+
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -173,13 +198,23 @@ def _first_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
 
 
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's EXCEPTION_HANDLER: every API error in OpenAI's shape."""
+    """DRF's EXCEPTION_HANDLER: every API error in OpenAI's shape.
+
+    An exception that is not an API error is a bug: it is logged with its traceback and
+    answered 500 ``internal_error`` with the request id, in JSON even with DEBUG on.
+    """
     if isinstance(exc, TollwayError):
         return Response(exc.body(), status=exc.status, headers=exc.headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
     if not isinstance(exc, drf_exceptions.APIException):
-        return None
+        request = context.get("request")
+        request_id = getattr(request, "request_id", None)
+        log.exception("internal error in %s (request %s)", type(context.get("view")).__name__, request_id)
+        internal = InternalError(request_id)
+        return Response(internal.body(), status=internal.status)
     status = exc.status_code
     type_, code = _DRF_TYPES.get(status, ("server_error", ErrorCode.SERVER_ERROR))
     if isinstance(exc, drf_exceptions.ParseError):

@@ -25,7 +25,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
-from config.errors import TollwayError, UpstreamError
+from config.errors import InternalError, TollwayError
 from proxy import circuit, meter, respcache
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
@@ -148,7 +148,7 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
             log.exception("relay failed for request %s", call.request_id)
             outcome = UsageRecord.Outcome.UPSTREAM_ERROR
             _meter(call, tally, outcome)
-            yield sse_error_event(UpstreamError("The stream failed inside Tollway."))
+            yield sse_error_event(InternalError(call.request_id))
             return
         outcome = UsageRecord.Outcome.COMPLETED
         cost = _meter(call, tally, outcome)

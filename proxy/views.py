@@ -1,5 +1,8 @@
 """The OpenAI-compatible endpoints. Thin: each runs the request-path stages in order.
 
+Authentication comes first, before the body is read: a caller without a valid key gets
+401 whatever it sends, and cannot make Tollway read, let alone parse, a large body.
+
 The hot path uses plain Django views rather than DRF: DRF's per-request negotiation and
 wrapping cost more than the rest of the path, and these endpoints need none of it.
 """
@@ -17,9 +20,10 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
+from config.errors import InternalError, MethodNotAllowed, NotFound, TollwayError
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.errors import error_response
+from tenants.selectors import KeyPrincipal
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,11 @@ View = Callable[..., HttpResponseBase]
 
 
 def api_view(*methods: str) -> Callable[[View], View]:
-    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response."""
+    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response.
+
+    Any other exception is a bug in Tollway: it is logged with its traceback and answered
+    500 ``internal_error`` naming the request id, never as the provider's failure.
+    """
 
     def decorator(view: View) -> View:
         @csrf_exempt
@@ -45,6 +53,8 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 if isinstance(exc, MethodNotAllowed):
                     response["Allow"] = ", ".join(methods)
                 return response
+            except Exception:
+                return internal_error(request)
 
         return wrapper
 
@@ -58,13 +68,22 @@ PROVIDER_HEADER = "x-tollway-provider"
 ATTEMPTS_HEADER = "x-tollway-attempts"
 
 
-def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
-    """Stages 2 to 7 for a parsed request; ``answer`` calls the adapter and relays.
+def internal_error(request: HttpRequest) -> HttpResponse:
+    """Log the exception being handled and answer 500 ``internal_error`` with the request id."""
+    request_id = getattr(request, "request_id", None)
+    log.exception("internal error on %s %s (request %s)", request.method, request.path, request_id)
+    exc = InternalError(request_id)
+    observe.call_refused(request, exc.status, str(exc.code))
+    return error_response(exc)
+
+
+def _run(request: HttpRequest, principal: KeyPrincipal, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
+    """Stages 3 to 7 for an authenticated, parsed request; ``answer`` calls the adapter
+    and relays.
 
     Every attempt (``proxy.attempts``) runs under the one admission: a failure before
     anything billable releases it once, and the call that answers writes the one ledger row.
     """
-    principal = auth.authenticate(request)
     auth.require_model(principal, chat.model)
     picker = attempts.Picker(route.plan(chat.model, allows=principal.allows_model))
     first = picker.next()
@@ -136,18 +155,21 @@ def _embed(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) ->
 
 @api_view("POST")
 def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    return _run(request, parse.chat_request(request), _chat)
+    principal = auth.authenticate(request)
+    return _run(request, principal, parse.chat_request(request), _chat)
 
 
 @api_view("POST")
 def completions(request: HttpRequest) -> HttpResponseBase:
     """The legacy text completions endpoint."""
-    return _run(request, parse.completion_request(request), _text)
+    principal = auth.authenticate(request)
+    return _run(request, principal, parse.completion_request(request), _text)
 
 
 @api_view("POST")
 def embeddings(request: HttpRequest) -> HttpResponseBase:
-    return _run(request, parse.embedding_request(request), _embed)
+    principal = auth.authenticate(request)
+    return _run(request, principal, parse.embedding_request(request), _embed)
 
 
 def _model_object(listing: route.ModelListing) -> dict[str, Any]:
@@ -205,7 +227,8 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 
 def json_server_error(request: HttpRequest) -> HttpResponse:
-    return error_response(UpstreamError("Tollway hit an internal error; it has been logged.", status=500))
+    """Django's handler500 on the API's paths (the exception was logged by Django)."""
+    return error_response(InternalError(getattr(request, "request_id", None)))
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
