@@ -42,6 +42,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -54,6 +55,8 @@ MIDDLEWARE = [
 # layers: they use none of them (config/wsgi.py). CommonMiddleware sets Content-Length.
 API_MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.middleware.RefuseNulApiMiddleware",
+    "config.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
