@@ -33,8 +33,14 @@ import orjson  # noqa: E402
 
 from proxy import parse  # noqa: E402
 
-# What an SDK sends for a short chat turn, and for a tool-using agent's longer one.
+# The benchmark's own body, what an SDK sends for a short chat turn, and a tool-using
+# agent's longer one.
 BODIES: dict[str, tuple[str, dict[str, Any]]] = {
+    # bench/run.py's P1 body
+    "chat, P1": (
+        "chat",
+        {"model": "bench-instant", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16},
+    ),
     "chat, short": (
         "chat",
         {

@@ -238,6 +238,14 @@ TOLLWAY: dict[str, Any] = {
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.
     "DEFAULT_MAX_OUTPUT_TOKENS": env.int("TOLLWAY_DEFAULT_MAX_OUTPUT_TOKENS", 4096),
+    # Bounds on what a client controls (proxy.parse, proxy.params, proxy.admit): the most
+    # max_tokens a request may ask of a model with no output cap of its own; the most
+    # tokens one request may reserve (its prompt estimate plus n x max_tokens); the deepest
+    # JSON nesting of a body; the most dimensions an embedding may ask for.
+    "MAX_OUTPUT_TOKENS": env.int("TOLLWAY_MAX_OUTPUT_TOKENS", 131072),
+    "MAX_REQUEST_TOKENS": env.int("TOLLWAY_MAX_REQUEST_TOKENS", 4 * 1024 * 1024),
+    "MAX_JSON_DEPTH": env.int("TOLLWAY_MAX_JSON_DEPTH", 128),
+    "MAX_EMBEDDING_DIMENSIONS": env.int("TOLLWAY_MAX_EMBEDDING_DIMENSIONS", 8192),
     # Who may read /metrics (nginx restricts it too).
     "METRICS_ALLOWED_NETWORKS": env.list(
         "TOLLWAY_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

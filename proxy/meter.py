@@ -55,6 +55,8 @@ class Call:
 
 def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
     """Tollway's own count, for when the provider reports none."""
+    if chat.prompt_tokens is not None:  # the client sent token ids: their count is exact
+        return TokenUsage(input_tokens=chat.prompt_tokens, output_tokens=tokens.count(completion_text))
     if chat.endpoint != CHAT:
         # A bare prompt or embedding input: no chat framing to count.
         prompt = sum(tokens.count(tokens.content_text(m.get("content"))[0]) for m in chat.messages)
