@@ -115,9 +115,12 @@ def post_worker_init(worker: Any) -> None:
     # After gevent has patched the worker and the app is loaded (config/greenio.py).
     import gc
 
+    from billing import spool
     from config import greenio
 
     greenio.install()
+    # This worker's ledger spool, and a replay of what earlier workers left (billing/spool.py).
+    spool.start()
     # Everything loaded so far lives as long as the worker: out of the collector's way,
     # so each collection walks only what requests allocate.
     gc.freeze()

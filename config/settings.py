@@ -246,6 +246,9 @@ TOLLWAY: dict[str, Any] = {
     "MAX_REQUEST_TOKENS": env.int("TOLLWAY_MAX_REQUEST_TOKENS", 4 * 1024 * 1024),
     "MAX_JSON_DEPTH": env.int("TOLLWAY_MAX_JSON_DEPTH", 128),
     "MAX_EMBEDDING_DIMENSIONS": env.int("TOLLWAY_MAX_EMBEDDING_DIMENSIONS", 8192),
+    # Where each worker spools the ledger rows Postgres could not take (billing.spool), to
+    # write them once it answers. Keep it on a volume that outlives the container.
+    "SPOOL_DIR": env.str("TOLLWAY_SPOOL_DIR", str(VAR_DIR / "spool")),
     # Who may read /metrics (nginx restricts it too).
     "METRICS_ALLOWED_NETWORKS": env.list(
         "TOLLWAY_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

@@ -20,8 +20,10 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from billing import spool
 from config.errors import InternalError, MethodNotAllowed, NotFound, TollwayError
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
+from proxy.adapters.base import ChunkStream
 from proxy.errors import error_response
 from tenants.selectors import KeyPrincipal
 
@@ -111,7 +113,7 @@ def _run(request: HttpRequest, principal: KeyPrincipal, chat: parse.ChatRequest,
         hit = respcache.lookup(call.cache_key) if call.cache_key else None
         response = _from_cache(call, hit) if hit is not None else attempts.run(call, picker, attempt)
     except BaseException:
-        meter.release(call)  # nothing billable happened: the reservation goes back
+        meter.release(call)  # unless the provider answered, nothing billable happened
         raise
     for name, value in admission.headers.items():
         response[name] = value
@@ -133,19 +135,26 @@ def _from_cache(call: meter.Call, entry: dict[str, Any]) -> HttpResponseBase:
 
 def _complete(call: meter.Call, completion: adapters.Completion) -> HttpResponseBase:
     call.upstream_done = time.monotonic()
+    call.answered = True
     respcache.store(call.cache_key, call.route, completion.body, completion.usage)
     return relay.json_response(call, completion)
 
 
+def _streamed(call: meter.Call, stream: ChunkStream) -> HttpResponseBase:
+    primed = attempts.primed(stream)  # the provider is answering: from here the call is billable
+    call.answered = True
+    return relay.stream_response(call, primed)
+
+
 def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
-        return relay.stream_response(call, attempts.primed(adapter.stream(call.route.target, body)))
+        return _streamed(call, adapter.stream(call.route.target, body))
     return _complete(call, adapter.complete(call.route.target, body))
 
 
 def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
-        return relay.stream_response(call, attempts.primed(adapter.text_stream(call.route.target, body)))
+        return _streamed(call, adapter.text_stream(call.route.target, body))
     return _complete(call, adapter.text_complete(call.route.target, body))
 
 
@@ -201,9 +210,14 @@ def health(request: HttpRequest) -> HttpResponse:
 
 
 def ready(request: HttpRequest) -> HttpResponse:
-    """Readiness: the database and the cache answer."""
+    """Readiness: the database and the cache answer. Also says how many ledger rows wait
+    in this replica's spool for the database (``spool_rows``), which does not change the
+    status: rows waiting mean the database was away, and the ``database`` check says
+    whether it still is."""
     checks: dict[str, str] = {}
     try:
+        if spool.ledger_down():  # a recent insert failed: do not wait on the pool again
+            raise ConnectionError("the ledger is unreachable")
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         checks["database"] = "ok"
@@ -217,7 +231,10 @@ def ready(request: HttpRequest) -> HttpResponse:
         log.warning("ready: cache check failed: %r", exc)
         checks["cache"] = "unavailable"
     ok = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    return JsonResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks, "spool_rows": spool.depth()},
+        status=200 if ok else 503,
+    )
 
 
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
