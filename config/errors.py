@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -51,6 +52,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     SERVER_ERROR = "server_error"
     INTERNAL_ERROR = "internal_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
 
 
 class TollwayError(Exception):
@@ -169,6 +171,27 @@ class InternalError(TollwayError):
         )
 
 
+class ServiceUnavailable(TollwayError):
+    """A dependency Tollway needs for this request cannot be reached (the database, during
+    an outage, for a key or model not yet cached): 503, worth retrying shortly."""
+
+    status = 503
+    type = "server_error"
+    default_code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", "1")
+
+
+def database_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("Tollway cannot reach its database right now; retry shortly.")
+
+
+# Failures that mean the database is unreachable, not that a query is wrong.
+DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -209,6 +232,10 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, DATABASE_UNREACHABLE):
+        log.warning("database unreachable in %s: %r", type(context.get("view")).__name__, exc)
+        unavailable = database_unavailable()
+        return Response(unavailable.body(), status=unavailable.status, headers=unavailable.headers)
     if not isinstance(exc, drf_exceptions.APIException):
         request = context.get("request")
         request_id = getattr(request, "request_id", None)

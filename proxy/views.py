@@ -21,7 +21,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from billing import spool
-from config.errors import InternalError, MethodNotAllowed, NotFound, TollwayError
+from billing.ledger import UNREACHABLE
+from config.errors import InternalError, MethodNotAllowed, NotFound, TollwayError, database_unavailable
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.adapters.base import ChunkStream
 from proxy.errors import error_response
@@ -35,8 +36,10 @@ View = Callable[..., HttpResponseBase]
 def api_view(*methods: str) -> Callable[[View], View]:
     """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response.
 
-    Any other exception is a bug in Tollway: it is logged with its traceback and answered
-    500 ``internal_error`` naming the request id, never as the provider's failure.
+    The database being unreachable (an outage, for a key or model not yet cached) is 503
+    ``service_unavailable``. Any other exception is a bug in Tollway: it is logged with its
+    traceback and answered 500 ``internal_error`` naming the request id, never as the
+    provider's failure.
     """
 
     def decorator(view: View) -> View:
@@ -55,6 +58,12 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 if isinstance(exc, MethodNotAllowed):
                     response["Allow"] = ", ".join(methods)
                 return response
+            except UNREACHABLE as exc:  # an outage, not a bug: retry shortly
+                request_id = getattr(request, "request_id", None)
+                log.warning("database unreachable on %s (request %s): %r", request.path, request_id, exc)
+                unavailable = database_unavailable()
+                observe.call_refused(request, unavailable.status, str(unavailable.code))
+                return error_response(unavailable)
             except Exception:
                 return internal_error(request)
 
