@@ -116,3 +116,36 @@ class TestJsonErrorsOnApiPaths:
         response = client.get("/v1/usage", headers={"Authorization": f"Bearer {key.plaintext}"})
         error = assert_openai_error(response, 500, "internal_error")
         assert response["X-Request-ID"] in error["message"]
+
+
+class TestDatabaseAway:
+    """A request that needs the database for itself while it is away: 503, never 500."""
+
+    def test_a_key_not_cached_yet(self, api: Api, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+        from django.db import OperationalError
+
+        from tenants.cache import principals
+
+        def away(key_id: str) -> Any:
+            raise OperationalError("connection to server failed: Connection refused")
+
+        monkeypatch.setattr(principals, "loader", away)
+        response = api.chat({"model": "gpt-4.1", "messages": user("hi")})
+        error = assert_openai_error(response, 503, "service_unavailable")
+        assert error["type"] == "server_error"
+        assert response["Retry-After"] == "1"
+
+    def test_the_management_api(
+        self, client: Client, tenant: Any, make_key: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from django.db import InterfaceError
+
+        from billing import api as billing_api
+
+        def away(**kwargs: Any) -> Any:
+            raise InterfaceError("connection already closed")
+
+        monkeypatch.setattr(billing_api, "usage_report", away)
+        key = make_key(tenant, "b", scopes=["billing"])
+        response = client.get("/v1/usage", headers={"Authorization": f"Bearer {key.plaintext}"})
+        assert_openai_error(response, 503, "service_unavailable")
