@@ -11,6 +11,7 @@ Two profiles, chosen by what is set:
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "axes",
     "tenants",
     "billing",
     "proxy",
@@ -50,6 +52,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: answers a locked-out login with the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 # Calls to /v1/ that carry a key skip the session, login, CSRF, messages and framing
 # layers: they use none of them (config/wsgi.py). CommonMiddleware sets Content-Length.
@@ -169,6 +173,23 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
+# Login throttling (django-axes) for the admin and /accounts/login/: after
+# TOLLWAY_LOGIN_FAILURE_LIMIT failed passwords for one user name from one address, that
+# login is locked for TOLLWAY_LOGIN_LOCKOUT_MINUTES (429 and a page that says so), the
+# right password included. Failures are kept in the database (axes' AccessAttempt); the
+# /v1/ API-key path never consults them. The client address is tenants.auth.client_ip's,
+# which believes X-Forwarded-For only from TOLLWAY_TRUSTED_PROXIES.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("TOLLWAY_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("TOLLWAY_LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "tenants.auth.client_ip"
+AXES_LOCKOUT_TEMPLATE = "tollway/locked_out.html"
+AXES_VERBOSE = False
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
