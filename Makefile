@@ -6,11 +6,12 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv run migrate seed test lint typecheck pytest services format clean stack stack-down stack-status
+.PHONY: bench help venv run migrate seed test lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
 
 help:
 	@echo "make run    build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
-	@echo "make test   ruff, mypy and pytest against real Postgres and Redis"
+	@echo "make test   ruff, mypy, the docs build, pytest against real Postgres and Redis, then the live tests through PgBouncer"
+	@echo "make docs   build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
 	@echo "make stack  nginx (TLS) in front of 2 gunicorn replicas, Celery worker and beat, on loopback"
 	@echo "            https://127.0.0.1:8443 (http :8080 redirects); stop with make stack-down"
 
@@ -56,7 +57,21 @@ typecheck: $(STAMP)
 pytest: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The manual. --strict: a broken link, anchor, image or included file fails the build.
+# NO_MKDOCS_2_WARNING silences Material's banner about its successor on every build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir var/site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
+# The live lane (tests that start gunicorn, Celery and nginx) once more, with every
+# server's database connections through a real PgBouncer in transaction mode
+# (tests/pgbouncer.py; Debian's pgbouncer package).
+pytest-pgbouncer: $(STAMP) services
+	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS)
+
+test: lint typecheck docs pytest pytest-pgbouncer
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -53,6 +53,7 @@ class ErrorCode(StrEnum):
     SERVER_ERROR = "server_error"
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    DRAINING = "server_draining"
 
 
 class TollwayError(Exception):

@@ -93,7 +93,7 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------------
 # Postgres goes through Django's psycopg 3 pool with CONN_MAX_AGE = 0: under gevent
-# every greenlet would otherwise open its own server connection (ARCHITECTURE.md §1).
+# every greenlet would otherwise open its own server connection (docs/architecture.md, "Worker model").
 if env.has("DATABASE_URL"):
     _db: dict[str, Any] = dict(dj_database_url.parse(env.str("DATABASE_URL")))
     if _db["ENGINE"] == "django.db.backends.postgresql":
@@ -109,6 +109,10 @@ if env.has("DATABASE_URL"):
         # Off (DB_PREPARED_STATEMENTS=0) behind a pooler that cannot keep them.
         if env.bool("DB_PREPARED_STATEMENTS", True):
             _db["OPTIONS"]["prepare_threshold"] = 1
+        # A transaction pooler (PgBouncer) hands each transaction any server connection,
+        # so a cursor cannot outlive its transaction: Django's .iterator() would DECLARE
+        # a cursor WITH HOLD on one and FETCH from another. Off, it reads in one go.
+        _db["DISABLE_SERVER_SIDE_CURSORS"] = not env.bool("DB_SERVER_SIDE_CURSORS", True)
     DATABASES = {"default": _db}
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from billing import spool
 from billing.ledger import UNREACHABLE
+from config import lifecycle
 from config.errors import InternalError, MethodNotAllowed, NotFound, TollwayError, database_unavailable
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.adapters.base import ChunkStream
@@ -219,10 +220,15 @@ def health(request: HttpRequest) -> HttpResponse:
 
 
 def ready(request: HttpRequest) -> HttpResponse:
-    """Readiness: the database and the cache answer. Also says how many ledger rows wait
-    in this replica's spool for the database (``spool_rows``), which does not change the
-    status: rows waiting mean the database was away, and the ``database`` check says
-    whether it still is."""
+    """Readiness: the database and the cache answer, and the worker is not shutting down.
+    A draining worker (SIGTERM, ``config/lifecycle.py``) answers 503 at once, so whatever
+    probes it stops sending it new work while its streams finish.
+
+    Also says how many ledger rows wait in this replica's spool for the database
+    (``spool_rows``), which does not change the status: rows waiting mean the database
+    was away, and the ``database`` check says whether it still is."""
+    if lifecycle.draining():
+        return JsonResponse({"status": "draining"}, status=503)
     checks: dict[str, str] = {}
     try:
         if spool.ledger_down():  # a recent insert failed: do not wait on the pool again

@@ -23,7 +23,6 @@ import httpx2
 import openai
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from proxy.models import Deployment, Provider
 from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Upstream, free_port, stop, wait_for_http
@@ -119,19 +118,18 @@ def _running(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None) -> Iterator[Stack]:
+def stack(server_database: dict[str, str]) -> Iterator[Stack]:
     """``docker/stack.py up`` on free ports against the test database; ``down`` after."""
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does it)")
     (ROOT / "var").mkdir(exist_ok=True)
     state_dir = Path(tempfile.mkdtemp(prefix="stack-test-", dir=ROOT / "var"))
-    db = connection.settings_dict
     web_ports = [free_port(), free_port()]
     http_port, https_port = free_port(), free_port()
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        **server_database,
         "REDIS_URL": settings.REDIS_URL,
         "SECRET_KEY": "stack-test-secret",
         "WEB_CONCURRENCY": "1",
