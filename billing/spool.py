@@ -2,10 +2,10 @@
 it, and written to the ledger, once, as soon as Postgres answers again.
 
 A call that reached the provider ends as exactly one ledger row, whatever Postgres does
-at that moment (ARCHITECTURE.md §5.1). When the insert fails because the database cannot
-be reached (a connection refused or lost, the pool's wait timed out), the row goes to
-this worker's spool file instead, and the client gets its answer as usual, usage and cost
-included: the cost is computed from the same prices the row keeps.
+at that moment (docs/architecture.md, "Invariants"). When the insert fails because the
+database cannot be reached (a connection refused or lost, the pool's wait timed out), the
+row goes to this worker's spool file instead, and the client gets its answer as usual,
+usage and cost included: the cost is computed from the same prices the row keeps.
 
 * **Where.** One file per worker process, ``<TOLLWAY_SPOOL_DIR>/<host>-<pid>.spool``
   (``var/spool/`` by default), written with ``O_APPEND`` and fsynced before the call is
