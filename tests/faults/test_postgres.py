@@ -81,8 +81,10 @@ def test_postgres_restart_and_outage_lose_no_usage(fault_stack: Callable[..., Fa
             stack.postgres.stop()
             time.sleep(10)
             stack.postgres.start()
-            # and comes back: the spools replay
-            wait_until(lambda: _spooled(stack) == 0, 60, "the spools to replay", every=0.5)
+            # and comes back: the spools replay, once each worker's connection pool has
+            # reconnected (psycopg_pool retries with a back-off doubling from 1 s, so after
+            # an outage of T seconds this can take about T more)
+            wait_until(lambda: _spooled(stack) == 0, 150, "the spools to replay", every=0.5)
         time.sleep(3)  # the platform serves on, straight to the ledger
     finally:
         if stack.postgres.proc is None or stack.postgres.proc.poll() is not None:
