@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import psycopg
+from django import db as django_db
 from django.db import connection
 
 from billing.models import UsageRecord
@@ -43,6 +44,27 @@ class UsageEntry:
     cache_hit: bool = False
     markup_percent: Decimal = Decimal(0)
     api: str = UsageRecord.Api.CHAT
+
+
+class LedgerWriteInterrupted(RuntimeError):
+    """The group insert's leader was interrupted mid-write: the row may or may not be in."""
+
+
+# The failures that mean "the ledger cannot be reached now", as opposed to a bad row: the
+# connection refused or lost, the pool's wait timed out (psycopg_pool.PoolTimeout is a
+# psycopg.OperationalError; Django wraps it in its own), a write cut short.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    django_db.OperationalError,
+    django_db.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    LedgerWriteInterrupted,
+)
+
+
+def usage_cost(entry: UsageEntry) -> Decimal:
+    """What ``entry``'s row costs the tenant: the same figure ``usage_record_create`` writes."""
+    return charge_of(entry.usage, entry.price, markup_percent=entry.markup_percent).cost
 
 
 def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
@@ -186,8 +208,11 @@ class GroupInsert:
     among them, and wakes their callers; the next queued caller leads the next batch.
     Every caller still returns only once its own row is committed, so nothing is answered
     before it is recorded. A failed batch is retried row by row, so one bad row fails
-    only its own call. A caller that waits gives its database connection back first.
-    Under gevent the callers are greenlets of one worker; with threads it works the same.
+    only its own call; but when the database cannot be reached at all (``UNREACHABLE``),
+    every row queued fails at once with that error, instead of each batch waiting out the
+    pool's timeout in turn (their callers spool them: ``billing.spool``). A caller that
+    waits gives its database connection back first. Under gevent the callers are
+    greenlets of one worker; with threads it works the same.
     """
 
     def __init__(
@@ -225,9 +250,14 @@ class GroupInsert:
             try:
                 self._run(batch)
             finally:
+                unreachable = next((s.error for s in batch if isinstance(s.error, UNREACHABLE)), None)
                 with self._lock:
                     self._leading = False
+                    failed, self._queue = (self._queue, []) if unreachable is not None else ([], self._queue)
                     successor = self._queue[0] if self._queue else None
+                for other in failed:  # the database is away: no point in their waiting their turn
+                    other.error, other.done = unreachable, True
+                    other.wake.set()
                 if successor is not None:
                     successor.wake.set()
         if slot.error is not None:
@@ -240,8 +270,9 @@ class GroupInsert:
             try:
                 results: list[bool] | None = self._write([slot.values for slot in batch])
             except Exception as exc:
-                if len(batch) == 1:
-                    batch[0].error = exc
+                if len(batch) == 1 or isinstance(exc, UNREACHABLE):
+                    for slot in batch:
+                        slot.error = exc
                     return
                 results = None
             if results is not None:
@@ -258,7 +289,7 @@ class GroupInsert:
             for slot in batch:
                 if slot.inserted is None and slot.error is None:
                     # The leader was interrupted mid-write: no caller may take that as "already billed".
-                    slot.error = RuntimeError("the ledger write was interrupted")
+                    slot.error = LedgerWriteInterrupted("the ledger write was interrupted")
                 slot.done = True
                 slot.wake.set()
 

@@ -11,12 +11,17 @@ right status. Codes are an enum so clients can branch on them.
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
+
+log = logging.getLogger(__name__)
 
 
 class ErrorCode(StrEnum):
@@ -48,6 +53,8 @@ class ErrorCode(StrEnum):
     UPSTREAM_OVERLOADED = "upstream_overloaded"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     SERVER_ERROR = "server_error"
+    INTERNAL_ERROR = "internal_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     DRAINING = "server_draining"
 
 
@@ -165,6 +172,47 @@ class UpstreamError(TollwayError):
     default_code = ErrorCode.UPSTREAM_UNAVAILABLE
 
 
+class InternalError(TollwayError):
+    """A bug in Tollway, not the client's fault nor the provider's: 500 ``internal_error``.
+
+    The message names the request id, which the log line of the traceback carries too,
+    so an operator can find what happened from what the client saw.
+    """
+
+    status = 500
+    type = "server_error"
+    default_code = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, request_id: str | None, **kwargs: Any) -> None:
+        where = f" (request {request_id})" if request_id else ""
+        super().__init__(
+            f"Tollway hit an internal error{where}. It has been logged; retry, and if it persists, "
+            "report the request id to the operator.",
+            **kwargs,
+        )
+
+
+class ServiceUnavailable(TollwayError):
+    """A dependency Tollway needs for this request cannot be reached (the database, during
+    an outage, for a key or model not yet cached): 503, worth retrying shortly."""
+
+    status = 503
+    type = "server_error"
+    default_code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", "1")
+
+
+def database_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("Tollway cannot reach its database right now; retry shortly.")
+
+
+# Failures that mean the database is unreachable, not that a query is wrong.
+DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -194,13 +242,27 @@ def _first_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
 
 
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's EXCEPTION_HANDLER: every API error in OpenAI's shape."""
+    """DRF's EXCEPTION_HANDLER: every API error in OpenAI's shape.
+
+    An exception that is not an API error is a bug: it is logged with its traceback and
+    answered 500 ``internal_error`` with the request id, in JSON even with DEBUG on.
+    """
     if isinstance(exc, TollwayError):
         return Response(exc.body(), status=exc.status, headers=exc.headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, DATABASE_UNREACHABLE):
+        log.warning("database unreachable in %s: %r", type(context.get("view")).__name__, exc)
+        unavailable = database_unavailable()
+        return Response(unavailable.body(), status=unavailable.status, headers=unavailable.headers)
     if not isinstance(exc, drf_exceptions.APIException):
-        return None
+        request = context.get("request")
+        request_id = getattr(request, "request_id", None)
+        log.exception("internal error in %s (request %s)", type(context.get("view")).__name__, request_id)
+        internal = InternalError(request_id)
+        return Response(internal.body(), status=internal.status)
     status = exc.status_code
     type_, code = _DRF_TYPES.get(status, ("server_error", ErrorCode.SERVER_ERROR))
     if isinstance(exc, drf_exceptions.ParseError):

@@ -5,12 +5,14 @@ file must not import the app, httpx or psycopg at module level (docs/architectur
 It imports only the standard library and gunicorn's own logger.
 """
 
+import inspect
 import json
 import os
 import time
 from typing import Any
 
-from gunicorn.glogging import Logger  # type: ignore[import-untyped]  # gunicorn ships no type hints
+from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]  # gunicorn ships no type hints
+from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 
 
 def _cpu_count() -> int:
@@ -48,6 +50,12 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "100000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "10000"))
 wsgi_app = "config.wsgi:application"
+# What gunicorn reads before the app sees a request: the request line, the number of
+# headers and each header's size. Beyond them it answers 414 or 431 itself (in JSON:
+# json_write_error below). nginx in front has lower limits of its own, so it answers first.
+limit_request_line = int(os.environ.get("GUNICORN_LIMIT_REQUEST_LINE", "8190"))
+limit_request_fields = int(os.environ.get("GUNICORN_LIMIT_REQUEST_FIELDS", "100"))
+limit_request_field_size = int(os.environ.get("GUNICORN_LIMIT_REQUEST_FIELD_SIZE", "8190"))
 
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl),
 # which several masters on one machine (the replicas of `make stack`) would fight over.
@@ -104,7 +112,52 @@ _metrics_dir = os.environ.setdefault(
 )
 
 
+# The errors gunicorn answers before the app runs (a request line or header over the
+# limits above, a malformed request), in OpenAI's shape: its own are HTML pages.
+_ERROR_CODES = {
+    400: ("invalid_request_error", "bad_request"),
+    403: ("permission_error", "forbidden"),
+    414: ("invalid_request_error", "uri_too_long"),
+    417: ("invalid_request_error", "expectation_failed"),
+    431: ("invalid_request_error", "request_header_fields_too_large"),
+    501: ("invalid_request_error", "not_implemented"),
+}
+
+
+def json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """``gunicorn.util.write_error``, answering JSON in OpenAI's error shape."""
+    kind, code = _ERROR_CODES.get(status_int, ("server_error", "server_error"))
+    body = json.dumps(
+        {"error": {"message": f"{reason}: {mesg[:200]}" if mesg else reason, "type": kind, "param": None, "code": code}}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
+    gunicorn_util.write_nonblock(sock, head + body)
+
+
+def install_json_errors(log: Any) -> bool:
+    """Make gunicorn's own error answers JSON, if its ``write_error`` still has the shape
+    this replaces (a private helper of gunicorn's): otherwise warn, and they stay HTML."""
+    try:
+        expected = list(inspect.signature(gunicorn_util.write_error).parameters) == [
+            "sock",
+            "status_int",
+            "reason",
+            "mesg",
+        ] and callable(getattr(gunicorn_util, "write_nonblock", None))
+    except (TypeError, ValueError):
+        expected = False
+    if not expected:
+        log.warning("gunicorn.util.write_error has changed; gunicorn's own error pages stay HTML")
+        return False
+    gunicorn_util.write_error = json_write_error
+    return True
+
+
 def on_starting(server: Any) -> None:
+    install_json_errors(server.log)
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         if name.endswith(".db"):
@@ -121,11 +174,14 @@ def post_worker_init(worker: Any) -> None:
     # After gevent has patched the worker and the app is loaded (config/greenio.py).
     import gc
 
+    from billing import spool
     from config import greenio, lifecycle
 
     greenio.install()
     # gunicorn has installed its SIGTERM handler by now (Worker.init_signals).
     lifecycle.sigterm_handler_install(drain_seconds=drain_seconds)
+    # This worker's ledger spool, and a replay of what earlier workers left (billing/spool.py).
+    spool.start()
     # Everything loaded so far lives as long as the worker: out of the collector's way,
     # so each collection walks only what requests allocate.
     gc.freeze()

@@ -11,6 +11,7 @@ Two profiles, chosen by what is set:
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "axes",
     "tenants",
     "billing",
     "proxy",
@@ -43,6 +45,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -50,11 +53,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: answers a locked-out login with the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 # Calls to /v1/ that carry a key skip the session, login, CSRF, messages and framing
 # layers: they use none of them (config/wsgi.py). CommonMiddleware sets Content-Length.
 API_MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.middleware.RefuseNulApiMiddleware",
+    "config.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
@@ -225,6 +232,23 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
+# Login throttling (django-axes) for the admin and /accounts/login/: after
+# TOLLWAY_LOGIN_FAILURE_LIMIT failed passwords for one user name from one address, that
+# login is locked for TOLLWAY_LOGIN_LOCKOUT_MINUTES (429 and a page that says so), the
+# right password included. Failures are kept in the database (axes' AccessAttempt); the
+# /v1/ API-key path never consults them. The client address is tenants.auth.client_ip's,
+# which believes X-Forwarded-For only from TOLLWAY_TRUSTED_PROXIES.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("TOLLWAY_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("TOLLWAY_LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "tenants.auth.client_ip"
+AXES_LOCKOUT_TEMPLATE = "tollway/locked_out.html"
+AXES_VERBOSE = False
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -294,6 +318,17 @@ TOLLWAY: dict[str, Any] = {
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.
     "DEFAULT_MAX_OUTPUT_TOKENS": env.int("TOLLWAY_DEFAULT_MAX_OUTPUT_TOKENS", 4096),
+    # Bounds on what a client controls (proxy.parse, proxy.params, proxy.admit): the most
+    # max_tokens a request may ask of a model with no output cap of its own; the most
+    # tokens one request may reserve (its prompt estimate plus n x max_tokens); the deepest
+    # JSON nesting of a body; the most dimensions an embedding may ask for.
+    "MAX_OUTPUT_TOKENS": env.int("TOLLWAY_MAX_OUTPUT_TOKENS", 131072),
+    "MAX_REQUEST_TOKENS": env.int("TOLLWAY_MAX_REQUEST_TOKENS", 4 * 1024 * 1024),
+    "MAX_JSON_DEPTH": env.int("TOLLWAY_MAX_JSON_DEPTH", 128),
+    "MAX_EMBEDDING_DIMENSIONS": env.int("TOLLWAY_MAX_EMBEDDING_DIMENSIONS", 8192),
+    # Where each worker spools the ledger rows Postgres could not take (billing.spool), to
+    # write them once it answers. Keep it on a volume that outlives the container.
+    "SPOOL_DIR": env.str("TOLLWAY_SPOOL_DIR", str(VAR_DIR / "spool")),
     # Who may read /metrics (nginx restricts it too).
     "METRICS_ALLOWED_NETWORKS": env.list(
         "TOLLWAY_METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

@@ -1,11 +1,12 @@
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
 from billing import views_web as billing_pages
+from config.middleware import is_api_path
 from proxy import views as proxy_views
 from proxy import views_web as proxy_pages
 from tenants import web as tenant_pages
@@ -19,12 +20,16 @@ v1: list[URLPattern | URLResolver] = [
     path("", include("tenants.urls")),
     path("", include("billing.urls")),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    # Last: any other path under the API answers OpenAI's JSON 404, with DEBUG on too
+    # (Django's debug 404 page is HTML and lists the URLconf).
+    re_path(r"^[\s\S]*$", proxy_views.json_not_found),
 ]
 
 urlpatterns = [
     path("v1/", include((v1, "v1"))),
     # The seed article's prefix, so its clients work unchanged.
     path("api/v1/", include((v1, "api-v1"))),
+    re_path(r"^(api/)?v1$", proxy_views.json_not_found),  # the API's root without its slash
     path("health", proxy_views.health, name="health"),
     path("ready", proxy_views.ready, name="ready"),
     path("metrics", proxy_views.metrics, name="metrics"),
@@ -42,7 +47,7 @@ urlpatterns += staticfiles_urlpatterns()  # serves admin assets only when DEBUG 
 
 
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if request.path.startswith(("/v1/", "/api/")):
+    if is_api_path(request.path) or request.path.startswith("/api/"):
         return proxy_views.json_not_found(request, exception)
     from django.views.defaults import page_not_found
 
@@ -50,7 +55,7 @@ def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if request.path.startswith(("/v1/", "/api/")):
+    if is_api_path(request.path) or request.path.startswith("/api/"):
         return proxy_views.json_server_error(request)
     from django.views.defaults import server_error
 

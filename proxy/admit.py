@@ -20,28 +20,63 @@ from billing.pricing import PriceSnapshot, TokenUsage, charge_of
 from config.errors import InvalidRequest, QuotaExceeded
 from proxy import tokens
 from proxy.meter import Call
-from proxy.parse import EMBEDDINGS
+from proxy.parse import COMPLETIONS, EMBEDDINGS
 
 
 def max_output(call: Call) -> int:
-    """The output the request may produce; a ``max_tokens`` above the model's cap is refused."""
+    """The output the request may produce: ``max_tokens`` (or the model's cap, or the
+    default) for each completion it asks for. A ``max_tokens`` above the model's cap, or
+    above ``TOLLWAY_MAX_OUTPUT_TOKENS`` on a model without one, is refused."""
     cap = call.route.entry.max_output_tokens
     body = call.chat.body
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
-    if asked is not None and cap is not None and asked > cap:
-        name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        raise InvalidRequest(f"'{name}' is {asked}, above this model's limit of {cap} output tokens.", param=name)
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    if asked is not None:
+        if cap is not None and asked > cap:
+            raise InvalidRequest(f"'{name}' is {asked}, above this model's limit of {cap} output tokens.", param=name)
+        ceiling = int(settings.TOLLWAY["MAX_OUTPUT_TOKENS"])
+        if cap is None and asked > ceiling:
+            raise InvalidRequest(
+                f"'{name}' is {asked}, above the limit of {ceiling} output tokens for this model.", param=name
+            )
     if call.chat.endpoint == EMBEDDINGS:
         return 0  # embeddings produce no output tokens
-    limit = asked or cap or settings.TOLLWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
-    choices = body.get("n") or 1
-    return int(limit) * int(choices)
+    limit = asked if asked is not None else cap or settings.TOLLWAY["DEFAULT_MAX_OUTPUT_TOKENS"]
+    return int(limit) * call.chat.outputs
 
 
 def prompt_estimate(call: Call) -> int:
-    """High-side prompt estimate: our token count, or one token per three characters of
-    the messages as JSON, whichever is more, so a real tokenizer rarely counts more."""
+    """High-side prompt estimate: the exact count of token ids when the client sent ids;
+    otherwise our token count, or one token per three characters of the messages as
+    JSON, whichever is more, so a real tokenizer rarely counts more."""
+    if call.chat.prompt_tokens is not None:
+        return call.chat.prompt_tokens
     return max(tokens.prompt_tokens(call.chat.messages), len(json.dumps(call.chat.messages)) // 3)
+
+
+def bounded_usage(call: Call) -> TokenUsage:
+    """What the request may consume at most, refused with 400 when it is more than one
+    request may reserve (``TOLLWAY_MAX_REQUEST_TOKENS``): every number that reaches the
+    admission script stays small, and no single call can hold a tenant's whole budget."""
+    usage = TokenUsage(input_tokens=prompt_estimate(call), output_tokens=max_output(call))
+    limit = int(settings.TOLLWAY["MAX_REQUEST_TOKENS"])
+    if usage.input_tokens + usage.output_tokens > limit:
+        body = call.chat.body
+        if usage.input_tokens > limit:
+            param = {COMPLETIONS: "prompt", EMBEDDINGS: "input"}.get(call.chat.endpoint, "messages")
+            what = f"its prompt is about {usage.input_tokens} tokens"
+        else:
+            param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+            what = (
+                f"its prompt (about {usage.input_tokens} tokens) and {call.chat.outputs} completion(s) of up to "
+                f"{usage.output_tokens // max(call.chat.outputs, 1)} tokens"
+            )
+        raise InvalidRequest(
+            f"This request could use more than the {limit} tokens one request may: {what}. "
+            "Lower max_tokens or n, or send less.",
+            param=param,
+        )
+    return usage
 
 
 def reserve_price(prices: list[PriceSnapshot]) -> PriceSnapshot:
@@ -63,7 +98,7 @@ def reserve_price(prices: list[PriceSnapshot]) -> PriceSnapshot:
 def admit(call: Call) -> Admission:
     principal, route = call.principal, call.route
     price = call.reserve_price or route.price
-    usage = TokenUsage(input_tokens=prompt_estimate(call), output_tokens=max_output(call))
+    usage = bounded_usage(call)
     # Reserve the tenant's price: its plan's markup, the highest of any model that may serve.
     account = account_of(principal.tenant_pk)
     markup = max(account.markup_for(pk) for pk in call.plan_models or (route.entry.model_pk,))

@@ -3,10 +3,15 @@
 Usage comes from the provider's own count. When it never arrives (a stream cut before
 its usage chunk), the call is still billed, from Tollway's count of the prompt and of
 what was relayed, and the row says it was estimated.
+
+When Postgres cannot be reached, the row goes to the worker's durable spool
+(``billing.spool``) and is written once Postgres answers; the client is answered as usual,
+with the same cost, and the reservation stays held until the row is in the ledger.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,14 +20,17 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing import admission as limits
+from billing import spool
 from billing.admission import Admission
-from billing.ledger import UsageEntry, usage_record_create
+from billing.ledger import UsageEntry, usage_cost, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage
 from proxy import observe, tokens
 from proxy.parse import CHAT, ChatRequest
 from proxy.route import Route
 from tenants.selectors import KeyPrincipal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +48,8 @@ class Call:
     attempts: int = 1  # upstream attempts so far; 0 when served from the response cache
     cache_hit: bool = False
     cache_key: str | None = None  # set when the response cache may keep this call's answer
+    answered: bool = False  # the provider answered: the call is billable, its reservation never released
+    spooled: bool = False  # its row waits in the spool for Postgres
     reserve_price: PriceSnapshot | None = None  # with fallbacks: the dearest price it may be served at
     plan_models: tuple[int, ...] = ()  # the model and its fallbacks, for the reservation's markup
     # Monotonic timestamps for the metrics: overhead is the time not spent upstream.
@@ -55,6 +65,8 @@ class Call:
 
 def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
     """Tollway's own count, for when the provider reports none."""
+    if chat.prompt_tokens is not None:  # the client sent token ids: their count is exact
+        return TokenUsage(input_tokens=chat.prompt_tokens, output_tokens=tokens.count(completion_text))
     if chat.endpoint != CHAT:
         # A bare prompt or embedding input: no chat framing to count.
         prompt = sum(tokens.count(tokens.content_text(m.get("content"))[0]) for m in chat.messages)
@@ -96,18 +108,38 @@ def record(
     outcome: UsageRecord.Outcome = UsageRecord.Outcome.COMPLETED,
 ) -> Decimal:
     """Write the ledger row once and settle the reservation; a second call for the same
-    Call returns the first cost."""
+    Call returns the first cost. If Postgres cannot be reached, the row is spooled."""
     if call.cost is not None:
         return call.cost
-    cost, inserted = usage_record_create(entry=_entry(call, usage, estimated=estimated, outcome=outcome))
-    call.cost = cost
-    if call.admission is not None:
-        limits.settle(call.admission, cost=cost, tokens=usage.input_tokens + usage.output_tokens, counted=inserted)
-    observe.call_finished(call, usage, cost, outcome=str(outcome), estimated=estimated)
-    return cost
+    call.answered = True
+    entry = _entry(call, usage, estimated=estimated, outcome=outcome)
+    tokens_used = usage.input_tokens + usage.output_tokens
+    if not spool.ledger_down():
+        try:
+            cost, inserted = usage_record_create(entry=entry)
+        except spool.UNREACHABLE as exc:
+            log.warning("request %s: the ledger is unreachable (%r); spooling its row", call.request_id, exc)
+            spool.mark_ledger_down()
+        else:
+            call.cost = cost
+            if call.admission is not None:
+                limits.settle(call.admission, cost=cost, tokens=tokens_used, counted=inserted)
+            observe.call_finished(call, usage, cost, outcome=str(outcome), estimated=estimated)
+            return cost
+    call.cost = usage_cost(entry)
+    try:
+        spool.keep(entry, call.admission, tokens=tokens_used)
+        call.spooled = True
+    except Exception:
+        # The disk failed too. The reservation stays held: the sweeper bills its estimate.
+        log.exception("request %s: could not spool its row; its reservation will bill it", call.request_id)
+    observe.call_finished(call, usage, call.cost, outcome=str(outcome), estimated=estimated)
+    return call.cost
 
 
 def release(call: Call) -> None:
-    """The call failed before anything billable: give its reservation back."""
-    if call.admission is not None and not call.metered:
+    """The call failed before anything billable: give its reservation back. A call the
+    provider answered keeps it (a failure after that, say in metering, is billed by the
+    sweeper from the reservation, never given away)."""
+    if call.admission is not None and not call.metered and not call.answered:
         limits.release(call.admission)

@@ -89,7 +89,7 @@ def reply(messages: Sequence[Mapping[str, Any]], *, max_tokens: int | None, inde
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     value = body.get("max_completion_tokens", body.get("max_tokens"))
-    return value if isinstance(value, int) and value > 0 else None
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -195,16 +195,38 @@ def chunks(
 # --- Legacy completions and embeddings ------------------------------------------------
 
 
+def _token_ids(prompt: Any) -> list[list[int]] | None:
+    """A prompt of token ids (``int[]`` or ``int[][]``) as a list of id lists; else None."""
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        return prompt
+    return None
+
+
 def prompt_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A legacy ``prompt`` (a string or a list of strings) as one user message."""
+    """A legacy ``prompt`` (a string, a list of strings, or token ids) as one user message."""
     prompt = body.get("prompt", "")
-    text = prompt if isinstance(prompt, str) else " ".join(p for p in prompt if isinstance(p, str))
+    ids = _token_ids(prompt)
+    if ids is not None:
+        text = " ".join(str(t) for part in ids for t in part)  # the answer depends on the ids
+    else:
+        text = prompt if isinstance(prompt, str) else " ".join(p for p in prompt if isinstance(p, str))
     return [{"role": "user", "content": text}]
+
+
+def _exact_prompt(body: Mapping[str, Any], usage: Any) -> None:
+    """A token-id prompt's usage counts the ids themselves, as a real server does."""
+    ids = _token_ids(body.get("prompt"))
+    if ids is not None and isinstance(usage, dict):
+        usage["prompt_tokens"] = sum(len(part) for part in ids)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage.get("completion_tokens", 0)
 
 
 def text_completion(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
     """A legacy ``text_completion`` object for a ``/v1/completions`` request."""
     chat = completion({**body, "messages": prompt_messages(body)}, model=model)
+    _exact_prompt(body, chat["usage"])
     return {
         **chat,
         "id": chat["id"].replace("chatcmpl-", "cmpl-"),
@@ -229,6 +251,7 @@ def text_chunks(
         {**body, "messages": prompt_messages(body)}, model=model, chunk_delay=chunk_delay, with_usage=with_usage
     ):
         chunk = {**chunk, "id": chunk["id"].replace("chatcmpl-", "cmpl-"), "object": "text_completion"}
+        _exact_prompt(body, chunk.get("usage"))
         chunk["choices"] = [
             {
                 "index": c["index"],

@@ -6,6 +6,8 @@ They answer from fixture files built from the providers' documented examples
 (``tests/fixtures/<kind>/``), byte for byte, and record every request they receive so a
 test can assert exactly what an adapter sent: ``GET /_debug/requests`` lists them (method,
 path, query, the auth headers, the JSON body) and ``DELETE /_debug/requests`` forgets them.
+``GET /_debug/stats`` counts every request ever received, in total and by the body's
+``user`` field (the fault suite tags each call, to prove no call was sent twice).
 
 Behaviour is chosen by the model name in the request, as for the OpenAI mock:
 ``mock-error-<status>`` answers that status with the provider's error body;
@@ -63,12 +65,15 @@ def sse_events(text: str) -> list[str]:
 
 
 class Recorder:
-    """Keeps the requests received, for ``/_debug/requests``."""
+    """Keeps the last requests received, for ``/_debug/requests``, and counts them all,
+    for ``/_debug/stats``."""
 
     AUTH_HEADERS = ("authorization", "x-api-key", "anthropic-version", "x-goog-api-key")
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.total = 0
+        self.by_user: dict[str, int] = {}
 
     def record(self, environ: dict[str, Any], body: Any) -> None:
         headers = {
@@ -76,6 +81,10 @@ class Recorder:
             for name in self.AUTH_HEADERS
             if f"HTTP_{name.upper().replace('-', '_')}" in environ
         }
+        self.total += 1
+        user = body.get("user") if isinstance(body, dict) else None
+        if isinstance(user, str):
+            self.by_user[user] = self.by_user.get(user, 0) + 1
         self.requests.append(
             {
                 "method": environ.get("REQUEST_METHOD"),
@@ -88,6 +97,8 @@ class Recorder:
         del self.requests[:-100]
 
     def debug(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
+        if environ.get("PATH_INFO") == "/_debug/stats":
+            return respond_json(start_response, 200, {"total": self.total, "by_user": self.by_user})
         if environ.get("PATH_INFO") != "/_debug/requests":
             return None
         if environ.get("REQUEST_METHOD") == "DELETE":

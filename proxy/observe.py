@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from billing.pricing import TokenUsage, usd
@@ -140,12 +142,37 @@ def call_refused(request: Any, status: int, code: str, *, provider: str | None =
     )
 
 
+class SpoolCollector:
+    """``tollway_spool_rows``: ledger rows waiting in this replica's spool for Postgres,
+    read from the spool files at scrape time (every worker's, whichever answers)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from billing import spool
+
+        yield GaugeMetricFamily(
+            "tollway_spool_rows", "Ledger rows waiting in the spool for the database", value=spool.depth()
+        )
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics page: every gunicorn worker's, merged, when running multiprocess."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(SpoolCollector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Forward:
+    """The process's own registry, inside the page's registry (single-process mode)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.source.collect()

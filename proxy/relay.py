@@ -25,7 +25,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
-from config.errors import TollwayError, UpstreamError
+from config.errors import InternalError, TollwayError
 from proxy import circuit, meter, respcache
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
@@ -135,12 +135,16 @@ class _Tally:
 
 
 def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
+    """The stream to the client. Whatever fails (the upstream, the metering, Tollway
+    itself), it ends with ``[DONE]`` or an SSE error event, the call is metered, and the
+    upstream connection is closed."""
     model_name = call.route.entry.name
     chunks = iter(upstream)
     tally = _Tally(upstream)
     # A streamed miss the response cache may keep, rebuilt as a plain answer.
     collector = respcache.Collector() if call.cache_key and not call.cache_hit else None
     outcome = UsageRecord.Outcome.CLIENT_GONE  # until the stream ends otherwise
+    failure: TollwayError | None = None
     try:
         try:
             for chunk in chunks:
@@ -157,36 +161,53 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
                     call.first_byte_at = time.monotonic()
                 yield sse_event(chunk)
         except TollwayError as exc:
-            outcome = UsageRecord.Outcome.UPSTREAM_ERROR
-            _meter(call, tally, outcome)
-            # Too late to retry, but a deployment that keeps breaking streams gets ejected.
-            latency = int((time.monotonic() - call.started) * 1000)
-            circuit.record_failure(call.route.target.deployment_pk, status=exc.upstream_status, latency_ms=latency)
-            yield sse_error_event(exc)
-            return
+            outcome, failure = UsageRecord.Outcome.UPSTREAM_ERROR, exc
+            _count_failure(call, exc)
         except Exception:
             log.exception("relay failed for request %s", call.request_id)
-            outcome = UsageRecord.Outcome.UPSTREAM_ERROR
-            _meter(call, tally, outcome)
-            yield sse_error_event(UpstreamError("The stream failed inside Tollway."))
-            return
-        outcome = UsageRecord.Outcome.COMPLETED
-        cost = _meter(call, tally, outcome)
-        if collector is not None and (answer := collector.body(call.chat.endpoint)) is not None:
-            respcache.store(call.cache_key, call.route, answer, tally.usage)
-        if call.chat.include_usage:
-            kind = "text_completion" if call.chat.endpoint == COMPLETIONS else "chat.completion.chunk"
-            usage = usage_body(_usage_or_estimate(call, tally), cost, tally.usage_raw)
-            yield sse_event(tally.usage_chunk(kind, model_name, usage)) + SSE_DONE  # one write, not two
+            outcome, failure = UsageRecord.Outcome.UPSTREAM_ERROR, InternalError(call.request_id)
         else:
-            yield SSE_DONE
+            outcome = UsageRecord.Outcome.COMPLETED
+        cost = _meter(call, tally, outcome)
+        if failure is not None:
+            yield sse_error_event(failure)
+            return
+        try:
+            if cost is None:
+                raise RuntimeError("the call could not be metered")
+            if collector is not None and (answer := collector.body(call.chat.endpoint)) is not None:
+                respcache.store(call.cache_key, call.route, answer, tally.usage)
+            if call.chat.include_usage:
+                kind = "text_completion" if call.chat.endpoint == COMPLETIONS else "chat.completion.chunk"
+                usage = usage_body(_usage_or_estimate(call, tally), cost, tally.usage_raw)
+                ending = sse_event(tally.usage_chunk(kind, model_name, usage)) + SSE_DONE  # one write, not two
+            else:
+                ending = SSE_DONE
+        except Exception:
+            log.exception("relay could not end request %s", call.request_id)
+            ending = sse_error_event(InternalError(call.request_id))
+        yield ending
     finally:
         # GeneratorExit at a yield: the client went away. Bill what the provider counts.
-        if not call.metered:
-            if outcome == UsageRecord.Outcome.CLIENT_GONE and tally.usage is None:
-                _drain(call, chunks, tally)
-            _meter(call, tally, outcome)
-        upstream.close()
+        try:
+            if not call.metered:
+                if outcome == UsageRecord.Outcome.CLIENT_GONE and tally.usage is None:
+                    _drain(call, chunks, tally)
+                _meter(call, tally, outcome)
+        finally:
+            try:
+                upstream.close()
+            except Exception:
+                log.exception("request %s: closing the upstream stream failed", call.request_id)
+
+
+def _count_failure(call: meter.Call, exc: TollwayError) -> None:
+    """Too late to retry, but a deployment that keeps breaking streams gets ejected."""
+    latency = int((time.monotonic() - call.started) * 1000)
+    try:
+        circuit.record_failure(call.route.target.deployment_pk, status=exc.upstream_status, latency_ms=latency)
+    except Exception:
+        log.exception("request %s: could not count the failure against its deployment", call.request_id)
 
 
 def _drain(call: meter.Call, chunks: Iterator[dict[str, Any]], tally: _Tally) -> None:
@@ -221,7 +242,13 @@ def _usage_or_estimate(call: meter.Call, tally: _Tally) -> TokenUsage:
     )
 
 
-def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal:
+def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal | None:
+    """Meter the call (spooled if Postgres is away); None if that failed unexpectedly,
+    in which case its reservation stays held and the sweeper bills it."""
     if call.upstream_done is None:
         call.upstream_done = time.monotonic()
-    return meter.record(call, _usage_or_estimate(call, tally), estimated=tally.usage is None, outcome=outcome)
+    try:
+        return meter.record(call, _usage_or_estimate(call, tally), estimated=tally.usage is None, outcome=outcome)
+    except Exception:
+        log.exception("request %s: metering failed; its reservation stays for the sweeper", call.request_id)
+        return None

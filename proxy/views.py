@@ -1,5 +1,8 @@
 """The OpenAI-compatible endpoints. Thin: each runs the request-path stages in order.
 
+Authentication comes first, before the body is read: a caller without a valid key gets
+401 whatever it sends, and cannot make Tollway read, let alone parse, a large body.
+
 The hot path uses plain Django views rather than DRF: DRF's per-request negotiation and
 wrapping cost more than the rest of the path, and these endpoints need none of it.
 """
@@ -17,10 +20,14 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from billing import spool
+from billing.ledger import UNREACHABLE
 from config import lifecycle
-from config.errors import ErrorCode, MethodNotAllowed, NotFound, TollwayError, UpstreamError
+from config.errors import ErrorCode, InternalError, MethodNotAllowed, NotFound, TollwayError, database_unavailable
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
+from proxy.adapters.base import ChunkStream
 from proxy.errors import error_response
+from tenants.selectors import KeyPrincipal
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,13 @@ View = Callable[..., HttpResponseBase]
 
 
 def api_view(*methods: str) -> Callable[[View], View]:
-    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response."""
+    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response.
+
+    The database being unreachable (an outage, for a key or model not yet cached) is 503
+    ``service_unavailable``. Any other exception is a bug in Tollway: it is logged with its
+    traceback and answered 500 ``internal_error`` naming the request id, never as the
+    provider's failure.
+    """
 
     def decorator(view: View) -> View:
         @csrf_exempt
@@ -46,6 +59,14 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 if isinstance(exc, MethodNotAllowed):
                     response["Allow"] = ", ".join(methods)
                 return response
+            except UNREACHABLE as exc:  # an outage, not a bug: retry shortly
+                request_id = getattr(request, "request_id", None)
+                log.warning("database unreachable on %s (request %s): %r", request.path, request_id, exc)
+                unavailable = database_unavailable()
+                observe.call_refused(request, unavailable.status, str(unavailable.code))
+                return error_response(unavailable)
+            except Exception:
+                return internal_error(request)
 
         return wrapper
 
@@ -59,13 +80,22 @@ PROVIDER_HEADER = "x-tollway-provider"
 ATTEMPTS_HEADER = "x-tollway-attempts"
 
 
-def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
-    """Stages 2 to 7 for a parsed request; ``answer`` calls the adapter and relays.
+def internal_error(request: HttpRequest) -> HttpResponse:
+    """Log the exception being handled and answer 500 ``internal_error`` with the request id."""
+    request_id = getattr(request, "request_id", None)
+    log.exception("internal error on %s %s (request %s)", request.method, request.path, request_id)
+    exc = InternalError(request_id)
+    observe.call_refused(request, exc.status, str(exc.code))
+    return error_response(exc)
+
+
+def _run(request: HttpRequest, principal: KeyPrincipal, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
+    """Stages 3 to 7 for an authenticated, parsed request; ``answer`` calls the adapter
+    and relays.
 
     Every attempt (``proxy.attempts``) runs under the one admission: a failure before
     anything billable releases it once, and the call that answers writes the one ledger row.
     """
-    principal = auth.authenticate(request)
     auth.require_model(principal, chat.model)
     picker = attempts.Picker(route.plan(chat.model, allows=principal.allows_model))
     first = picker.next()
@@ -93,7 +123,7 @@ def _run(request: HttpRequest, chat: parse.ChatRequest, answer: Answer) -> HttpR
         hit = respcache.lookup(call.cache_key) if call.cache_key else None
         response = _from_cache(call, hit) if hit is not None else attempts.run(call, picker, attempt)
     except BaseException:
-        meter.release(call)  # nothing billable happened: the reservation goes back
+        meter.release(call)  # unless the provider answered, nothing billable happened
         raise
     for name, value in admission.headers.items():
         response[name] = value
@@ -115,19 +145,26 @@ def _from_cache(call: meter.Call, entry: dict[str, Any]) -> HttpResponseBase:
 
 def _complete(call: meter.Call, completion: adapters.Completion) -> HttpResponseBase:
     call.upstream_done = time.monotonic()
+    call.answered = True
     respcache.store(call.cache_key, call.route, completion.body, completion.usage)
     return relay.json_response(call, completion)
 
 
+def _streamed(call: meter.Call, stream: ChunkStream) -> HttpResponseBase:
+    primed = attempts.primed(stream)  # the provider is answering: from here the call is billable
+    call.answered = True
+    return relay.stream_response(call, primed)
+
+
 def _chat(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
-        return relay.stream_response(call, attempts.primed(adapter.stream(call.route.target, body)))
+        return _streamed(call, adapter.stream(call.route.target, body))
     return _complete(call, adapter.complete(call.route.target, body))
 
 
 def _text(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) -> HttpResponseBase:
     if call.chat.stream:
-        return relay.stream_response(call, attempts.primed(adapter.text_stream(call.route.target, body)))
+        return _streamed(call, adapter.text_stream(call.route.target, body))
     return _complete(call, adapter.text_complete(call.route.target, body))
 
 
@@ -137,18 +174,21 @@ def _embed(call: meter.Call, adapter: adapters.Adapter, body: dict[str, Any]) ->
 
 @api_view("POST")
 def chat_completions(request: HttpRequest) -> HttpResponseBase:
-    return _run(request, parse.chat_request(request), _chat)
+    principal = auth.authenticate(request)
+    return _run(request, principal, parse.chat_request(request), _chat)
 
 
 @api_view("POST")
 def completions(request: HttpRequest) -> HttpResponseBase:
     """The legacy text completions endpoint."""
-    return _run(request, parse.completion_request(request), _text)
+    principal = auth.authenticate(request)
+    return _run(request, principal, parse.completion_request(request), _text)
 
 
 @api_view("POST")
 def embeddings(request: HttpRequest) -> HttpResponseBase:
-    return _run(request, parse.embedding_request(request), _embed)
+    principal = auth.authenticate(request)
+    return _run(request, principal, parse.embedding_request(request), _embed)
 
 
 def _model_object(listing: route.ModelListing) -> dict[str, Any]:
@@ -186,11 +226,17 @@ def health(request: HttpRequest) -> HttpResponse:
 def ready(request: HttpRequest) -> HttpResponse:
     """Readiness: the database and the cache answer, and the worker is not shutting down.
     A draining worker (SIGTERM, ``config/lifecycle.py``) answers 503 at once, so whatever
-    probes it stops sending it new work while its streams finish."""
+    probes it stops sending it new work while its streams finish.
+
+    Also says how many ledger rows wait in this replica's spool for the database
+    (``spool_rows``), which does not change the status: rows waiting mean the database
+    was away, and the ``database`` check says whether it still is."""
     if lifecycle.draining():
         return JsonResponse({"status": "draining"}, status=503)
     checks: dict[str, str] = {}
     try:
+        if spool.ledger_down():  # a recent insert failed: do not wait on the pool again
+            raise ConnectionError("the ledger is unreachable")
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         checks["database"] = "ok"
@@ -204,7 +250,10 @@ def ready(request: HttpRequest) -> HttpResponse:
         log.warning("ready: cache check failed: %r", exc)
         checks["cache"] = "unavailable"
     ok = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    return JsonResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks, "spool_rows": spool.depth()},
+        status=200 if ok else 503,
+    )
 
 
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -214,7 +263,8 @@ def json_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 
 def json_server_error(request: HttpRequest) -> HttpResponse:
-    return error_response(UpstreamError("Tollway hit an internal error; it has been logged.", status=500))
+    """Django's handler500 on the API's paths (the exception was logged by Django)."""
+    return error_response(InternalError(getattr(request, "request_id", None)))
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

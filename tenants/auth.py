@@ -128,15 +128,17 @@ def authenticate_session(request: HttpRequest, *, scope: str) -> KeyPrincipal:
 
     A cookie is sent by the browser on its own, so the CSRF check Django does for pages
     is enforced here too (the API views are otherwise CSRF-exempt: keys are not cookies).
+    The login comes first: the CSRF check may read a form body, which a caller who is not
+    logged in must not be able to make Tollway do.
     """
+    user = request.user
+    if not user.is_authenticated:
+        raise AuthenticationFailed(f"You didn't provide an API key, and you are not logged in. {_HINT}")
     if CsrfViewMiddleware(_no_response).process_view(request, None, (), {}) is not None:  # type: ignore[arg-type]
         raise PermissionDenied(
             "The login cookie needs a CSRF token: send the csrftoken cookie's value in X-CSRFToken.",
             code=ErrorCode.PERMISSION_DENIED,
         )
-    user = request.user
-    if not user.is_authenticated:
-        raise AuthenticationFailed(f"You didn't provide an API key, and you are not logged in. {_HINT}")
     principal = None
     key_id = request.session.get(PLAYGROUND_SESSION_KEY)
     if key_id:  # the session remembers the key, so a warm call reads no database row

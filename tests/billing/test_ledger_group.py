@@ -169,3 +169,28 @@ def test_a_batch_never_truncates_a_value_too_long_for_its_column(entry: UsageEnt
     assert isinstance(answers[4], DataError)
     assert [a for i, a in enumerate(answers) if i != 4] == [(Decimal("0.000013020"), True)] * 6
     assert not UsageRecord.objects.filter(upstream_model__startswith="mm").exists()
+
+
+def test_when_the_database_is_away_every_queued_row_fails_at_once(
+    entry: UsageEntry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a database that answers each statement with a lost connection, after a wait
+    # (the pool's timeout, shortened)
+    from django.db import OperationalError
+
+    statements: list[int] = []
+
+    def away(rows: list[list[Any]]) -> list[bool]:
+        statements.append(len(rows))
+        time.sleep(0.3)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ledger, "group_insert", GroupInsert(away))
+    # When eight calls write at once
+    started = time.monotonic()
+    answers = concurrently([dataclasses.replace(entry, request_id=f"away-{i}") for i in range(8)])
+    # Then each gets the connection error (its caller spools the row), after one wait, not
+    # one per batch or per row
+    assert all(isinstance(a, OperationalError) for a in answers), answers
+    assert len(statements) <= 2, statements
+    assert time.monotonic() - started < 2.0

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -31,15 +32,24 @@ def _keep_test_connection() -> Iterator[None]:
 
 
 def call(
-    method: str, path: str, headers: dict[str, str] | None = None, body: Any = None
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    *,
+    wsgi_input: io.BytesIO | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
+    """One request through ``config.wsgi.application``, as gunicorn makes it: the path
+    percent-decoded (as gunicorn's PATH_INFO is), the query as sent."""
     data = json.dumps(body).encode() if body is not None else b""
+    path, _, query = path.partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
-        "PATH_INFO": path,
+        "PATH_INFO": unquote(path),
+        "QUERY_STRING": query,
         "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(data)),
-        "wsgi.input": io.BytesIO(data),
+        "CONTENT_LENGTH": str(len(wsgi_input.getvalue()) if wsgi_input is not None else len(data)),
+        "wsgi.input": wsgi_input if wsgi_input is not None else io.BytesIO(data),
     }
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value

@@ -152,6 +152,15 @@ def test_bodies_over_the_apps_limit_are_refused_by_nginx(stack: Stack) -> None:
     assert stack.logged(response.headers["x-request-id"])["upstream_addr"] == ""
 
 
+def test_oversized_urls_and_headers_are_refused_by_nginx_in_json(stack: Stack) -> None:
+    client = stack.client()
+    long_url = client.get("/v1/models/" + "a" * 9000)
+    assert_openai_error(long_url, 414, "uri_too_long")
+    big_header = client.get("/v1/models", headers={"X-Big": "b" * 9000})
+    assert_openai_error(big_header, 431, "request_header_fields_too_large")
+    assert "<html" not in long_url.text + big_header.text
+
+
 def test_admin_static_files_come_from_nginx(stack: Stack) -> None:
     client = stack.client()
     css = client.get("/static/admin/css/base.css")

@@ -24,7 +24,7 @@ def post(api: Api, path: str, body: Any) -> Any:
     [
         ("/v1/completions", {"model": "gpt-4.1"}, "prompt"),
         ("/v1/completions", {"model": "gpt-4.1", "prompt": 3}, "prompt"),
-        ("/v1/completions", {"model": "gpt-4.1", "prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {"model": "gpt-4.1", "prompt": "x", "max_tokens": -1}, "max_tokens"),
         ("/v1/embeddings", {"model": "gpt-4.1"}, "input"),
         ("/v1/embeddings", {"model": "gpt-4.1", "input": []}, "input"),
         ("/v1/embeddings", {"input": "x"}, "model"),
