@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db.models import Sum
 
 from billing import admission
-from billing.models import UsageRecord
+from billing.models import Price, UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, cost_of
 from proxy import tokens
 from tenants.models import Tenant
@@ -29,12 +29,16 @@ from tests.e2e.conftest import serve
 pytestmark = pytest.mark.live
 
 MESSAGES = user("Concurrency, please.")
-BODY = {"model": "gpt-4.1", "messages": MESSAGES, "max_tokens": 1000}
+# The mock's answer is longer than 10 tokens, so it is cut there: every call's output is
+# exactly what was reserved, and only the prompt estimate's margin comes back at settle.
+BODY = {"model": "gpt-4.1", "messages": MESSAGES, "max_tokens": 10}
+# Dear enough that a budget in whole cents fits exactly three reservations.
+PRICEY = PriceSnapshot(Decimal(2000), Decimal(8000), None)  # type: ignore[arg-type]
 
 
 def reservation() -> Decimal:
     prompt = max(tokens.prompt_tokens(MESSAGES), len(json.dumps(MESSAGES)) // 3)
-    return cost_of(TokenUsage(prompt, 1000), PriceSnapshot(Decimal(8), Decimal(32), None))  # type: ignore[arg-type]
+    return cost_of(TokenUsage(prompt, 10), PRICEY)
 
 
 @pytest.fixture(params=["redis"])
@@ -75,10 +79,16 @@ def fire(bases: list[str], token: str, count: int, body: dict[str, Any]) -> list
 
 @pytest.mark.parametrize("slow_replicas", ["redis", "postgres"], indirect=True)
 def test_budget_is_never_overspent_under_concurrency(slow_replicas: list[Any], tenant: Tenant, make_key: Any) -> None:
-    # given a budget that admits exactly K of these calls at once
-    budget = Decimal("0.10")
+    # given a budget that admits exactly K of these calls, at once or one after another:
+    # each call costs at least 85 % of its reservation (its output is cut at max_tokens),
+    # so once K have been admitted what is left never fits another, however the calls
+    # interleave with their settles (the count below does not depend on timing)
+    Price.objects.filter(model__name="gpt-4.1").update(
+        input_per_mtok=PRICEY.input_per_mtok, output_per_mtok=PRICEY.output_per_mtok
+    )
+    budget = Decimal("0.40")
     fits = int(budget // reservation())
-    assert fits == 3
+    assert fits == 3 and budget - fits * reservation() * Decimal("0.85") < reservation()
     tenant.monthly_budget_usd = budget
     tenant.save()
     key = make_key(tenant)
@@ -98,6 +108,7 @@ def test_budget_is_never_overspent_under_concurrency(slow_replicas: list[Any], t
     spent = UsageRecord.objects.aggregate(s=Sum("cost"))["s"]
     assert UsageRecord.objects.count() == statuses[200]
     assert spent <= budget
+    assert all(cost >= reservation() * Decimal("0.85") for cost in UsageRecord.objects.values_list("cost", flat=True))
 
 
 def test_rpm_admits_exactly_n_across_processes(slow_replicas: list[Any], tenant: Tenant, make_key: Any) -> None:
