@@ -9,7 +9,7 @@ Redis and settles it), and the ledger insert. Upstreams run on loopback:
   here, so it is never the bottleneck);
 * **slow**: the same nginx streaming 20 chunks over 2 s with Debian's echo module
   (``libnginx-mod-http-echo``, which ``make bench`` installs), so 2,000 streams cost it
-  next to nothing; without the module, ``python -m proxy.mockupstream`` does it, sharing
+  next to nothing; without the module, ``python -m tests.mockupstream`` does it, sharing
   the cores, and the table says so.
 
 Scenarios (see the README's *Performance* section for the targets):
@@ -169,7 +169,7 @@ def start_slow_upstream() -> tuple[subprocess.Popen[bytes], int]:
     nginx's echo module is missing. It shares the cores with Tollway, which the table says."""
     port = free_port()
     proc = subprocess.Popen(
-        [PY, "-m", "proxy.mockupstream", "--port", str(port), "--chunk-delay-ms", "100"],
+        [PY, "-m", "tests.mockupstream", "--port", str(port), "--chunk-delay-ms", "100"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         slow, slow_port = start_slow_upstream()
         procs.append(slow)
         slow_url = f"http://127.0.0.1:{slow_port}/v1"
-        report.slow_upstream = "python -m proxy.mockupstream (no echo module: it shares the cores)"
+        report.slow_upstream = "python -m tests.mockupstream (no echo module: it shares the cores)"
     try:
         stack = stack_up(env)
         token = seed(env, f"http://127.0.0.1:{instant_port}/v1", slow_url)

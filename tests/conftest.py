@@ -93,7 +93,7 @@ class Upstream:
 def start_upstream(kind: str, base_path: str) -> tuple[subprocess.Popen[Any], Upstream]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.mockupstream", "--kind", kind, "--port", str(port), "--api-key", UPSTREAM_KEY],
+        [sys.executable, "-m", "tests.mockupstream", "--kind", kind, "--port", str(port), "--api-key", UPSTREAM_KEY],
         cwd=ROOT,
     )
     wait_for_http(f"http://127.0.0.1:{port}/health", proc=proc)
@@ -102,7 +102,7 @@ def start_upstream(kind: str, base_path: str) -> tuple[subprocess.Popen[Any], Up
 
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[Upstream]:
-    """``python -m proxy.mockupstream`` as a real HTTP server on loopback, requiring a key."""
+    """``python -m tests.mockupstream`` as a real HTTP server on loopback, requiring a key."""
     proc, upstream = start_upstream("openai", "/v1")
     try:
         yield upstream

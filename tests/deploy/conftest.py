@@ -161,13 +161,13 @@ def stack(django_db_setup: None) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def mock_server() -> Iterator[Callable[..., Upstream]]:
-    """Start ``python -m proxy.mockupstream`` with pacing flags; all stopped afterwards."""
+    """Start ``python -m tests.mockupstream`` with pacing flags; all stopped afterwards."""
     procs: list[subprocess.Popen[Any]] = []
 
     def start(*flags: str) -> Upstream:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY, *flags],
+            [sys.executable, "-m", "tests.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY, *flags],
             cwd=ROOT,
         )
         procs.append(proc)
