@@ -403,10 +403,12 @@ def ttfb_probe(stack: Stack, token: str, body: dict[str, Any], samples: int) -> 
     return asyncio.run(run())
 
 
-def _worker_statuses() -> list[str]:
+def _worker_statuses(env: dict[str, str]) -> list[str]:
     """/proc/<pid>/status of every gunicorn worker of the stack's replicas."""
-    state = json.loads((STATE / "stack" / "state.json").read_text())
-    masters = {p["pid"] for p in state["processes"] if p["name"].startswith("web")}
+    status = subprocess.run(
+        [PY, "docker/stack.py", "status", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    masters = {p["pid"] for name, p in json.loads(status.stdout or "{}").items() if name.startswith("web")}
     found = []
     for stat in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -420,7 +422,7 @@ def _worker_statuses() -> list[str]:
 
 def worker_rss_mb(stack: Stack) -> float:
     """The largest resident set among the replicas' gunicorn workers, in MB."""
-    sizes = [int(m.group(1)) for t in _worker_statuses() if (m := re.search(r"VmRSS:\s+(\d+) kB", t))]
+    sizes = [int(m.group(1)) for t in _worker_statuses(stack.env) if (m := re.search(r"VmRSS:\s+(\d+) kB", t))]
     return max(sizes, default=0) / 1024
 
 
@@ -456,7 +458,7 @@ def p1(stack: Stack, token: str, seconds: int) -> dict[str, Any]:
             ports=stack.web_ports,
         )
     )
-    out["app_c64"]["workers"] = len(_worker_statuses())
+    out["app_c64"]["workers"] = len(_worker_statuses(stack.env))
     return out
 
 
