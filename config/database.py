@@ -24,14 +24,18 @@ def database_problem(alias: str = "default") -> str | None:
         return None
     name, user = db.get("NAME") or "", db.get("USER") or ""
     host, port = db.get("HOST") or "localhost", str(db.get("PORT") or 5432)
-    params = {"user": user, "password": db.get("PASSWORD") or "", "host": host, "port": port, "connect_timeout": 3}
+    password = db.get("PASSWORD") or ""
+
+    def connect(dbname: str) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(dbname=dbname, user=user, password=password, host=host, port=port, connect_timeout=3)
+
     try:
-        with psycopg.connect(dbname=name, **params):
+        with connect(name):
             return None
     except psycopg.OperationalError as exc:
         failure = str(exc).strip()
     try:
-        with psycopg.connect(dbname="postgres", **params) as conn:
+        with connect("postgres") as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
     except psycopg.Error:
         return (

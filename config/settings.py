@@ -164,7 +164,9 @@ else:
 # gunicorn writes and the worker reads, so scheduled work runs with no server at all.
 # Without a worker and without a broker, tasks run eagerly, inside the call that sends them.
 _LOCAL_WORKER = env.bool("TOLLWAY_LOCAL_WORKER", False)
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL or ("filesystem://" if _LOCAL_WORKER else "memory://"))
+CELERY_BROKER_URL = env.str(
+    "CELERY_BROKER_URL", REDIS_URL or ("filesystem://localhost/" if _LOCAL_WORKER else "memory://")
+)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not bool(REDIS_URL) and not env.has("CELERY_BROKER_URL") and not _LOCAL_WORKER
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -305,6 +307,7 @@ TOLLWAY: dict[str, Any] = {
 # --- Logging ---------------------------------------------------------------------------
 # JSON lines in production (one object per line, for a log shipper); plain text in DEBUG.
 LOG_FORMAT = env.choice("LOG_FORMAT", "plain" if DEBUG else "json", ["plain", "json"])
+LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -317,7 +320,7 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # 4xx answers are the client's business and already in the access log.

@@ -57,17 +57,14 @@ def test_four_replicas_behind_nginx_each_serve(catalog: Catalog, key: Any) -> No
     assert not any(listening(port) for port in stack.web_ports)
 
 
-def test_a_stack_whose_nginx_fails_to_start_stops_everything_it_started(
-    django_db_setup: None, tmp_path: Path
-) -> None:
+def test_a_stack_whose_nginx_fails_to_start_stops_everything_it_started(django_db_setup: None, tmp_path: Path) -> None:
     # given an nginx that passes `nginx -t` but dies at start (a port taken, a bad certificate...)
     real = nginx_binary()
     if real is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does it)")
     fake = tmp_path / "nginx"
-    fake.write_text(
-        '#!/bin/sh\ncase " $* " in *" -t "*) exec "%s" "$@";; esac\necho "nginx: cannot start" >&2\nexit 1\n' % real
-    )
+    script = f'#!/bin/sh\ncase " $* " in *" -t "*) exec "{real}" "$@";; esac\necho "nginx: cannot start" >&2\nexit 1\n'
+    fake.write_text(script)
     fake.chmod(0o755)
     stack = stack_config(replicas=2, TOLLWAY_STACK_NGINX=str(fake))
     try:
