@@ -29,8 +29,9 @@ from tenants.cache import principals
 from tenants.models import Tenant
 
 ROOT = Path(__file__).resolve().parent.parent
-# The headless-Chromium fixture for the web pages' tests.
-pytest_plugins = ["tests.browser"]
+# The headless-Chromium fixture for the web pages' tests; the test lanes (unit, live,
+# browser, deploy, faults), applied by directory and fixture, with a summary of skips.
+pytest_plugins = ["tests.browser", "tests.lanes"]
 UPSTREAM_KEY_ENV = "TOLLWAY_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-upstream-test-secret"
 
@@ -63,6 +64,16 @@ def ledger_settled(count: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while UsageRecord.objects.count() < count and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def ledger_row(timeout: float = 5.0, **filters: Any) -> Any:
+    """The one ledger row matching ``filters``, waiting for it as :func:`ledger_settled` does."""
+    from billing.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while not UsageRecord.objects.filter(**filters).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return UsageRecord.objects.get(**filters)
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
