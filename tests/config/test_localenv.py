@@ -115,11 +115,7 @@ def test_values_are_read_without_regard_to_case_and_a_bad_one_is_named(tmp_path:
 def test_a_task_sent_from_a_web_process_reaches_the_local_workers_broker(tmp_path: Path) -> None:
     # given `make run`'s settings, and a process that loads Django as gunicorn's workers do
     write_local_env(tmp_path)
-    send = (
-        "import django; django.setup()\n"
-        "from billing import tasks\n"
-        "tasks.monthly_reports.delay(period='2026-10')\n"
-    )
+    send = "import django; django.setup()\nfrom billing import tasks\ntasks.monthly_reports.delay(period='2026-10')\n"
     env = {"PATH": os.environ["PATH"], "TOLLWAY_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "config.settings"}
     subprocess.run([sys.executable, "-c", send], cwd=ROOT, env=env, check=True, timeout=60)
     # then the message waits in var/celery/queue/ for the worker (not in Celery's default broker)
