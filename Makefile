@@ -6,14 +6,15 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv setup run demo serve migrate seed test test-fast lint typecheck pytest services format clean stack stack-down stack-status
+.PHONY: bench help venv setup run demo serve migrate seed test test-fast lint typecheck pytest services format clean stack stack-down stack-status docs docs-serve
 
 help:
 	@echo "make run        build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
 	@echo "                (gunicorn, and a Celery worker with beat for the scheduled work)"
 	@echo "make demo       the same, with three past months of usage to close into invoices"
-	@echo "make test       ruff, mypy and pytest against real Postgres and Redis"
+	@echo "make test       ruff, mypy, the docs build and pytest against real Postgres and Redis"
 	@echo "make test-fast  the unit lane only (no servers, browsers or nginx): the inner loop"
+	@echo "make docs       build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
 	@echo "make stack      nginx (TLS) in front of 2 gunicorn replicas (REPLICAS=N for more),"
 	@echo "                Celery worker and beat, on loopback: https://127.0.0.1:8443"
 	@echo "                (http :8080 redirects); make stack-status, make stack-down"
@@ -74,7 +75,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP) services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The manual. --strict: a broken link, anchor, image or included file fails the build.
+# NO_MKDOCS_2_WARNING silences Material's banner about its successor on every build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir var/site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+
+test: lint typecheck docs pytest
 
 # The unit lane (tests/conftest.py sorts tests into lanes): no gunicorn, browser, nginx or
 # fault-injection servers. `make test` still runs every lane.

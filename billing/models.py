@@ -11,7 +11,7 @@ from django.utils import timezone
 from tenants.models import ApiKey, Tenant
 
 # Prices are USD per million tokens with up to 6 decimal places (e.g. $0.000150);
-# ledger amounts keep 9 decimal places (ARCHITECTURE.md §4).
+# ledger amounts keep 9 decimal places (docs/architecture.md, "Money").
 PRICE_DIGITS, PRICE_PLACES = 18, 6
 AMOUNT_DIGITS, AMOUNT_PLACES = 20, 9
 

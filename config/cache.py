@@ -1,7 +1,7 @@
 """A two-tier read-through cache for the hot path: process memory, then Redis, then the loader.
 
 Why two tiers: with warm caches, authenticating a key or resolving a model must not touch
-Postgres (ARCHITECTURE.md §2). The in-process tier answers most requests without even a
+Postgres (docs/architecture.md, "The request path"). The in-process tier answers most requests without even a
 Redis round trip; it is trusted for ``LOCAL_CACHE_SECONDS`` only, which bounds how long a
 revocation takes to reach another replica. Writes call :meth:`TieredCache.invalidate`,
 which deletes the shared entry at once.

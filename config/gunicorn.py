@@ -1,7 +1,7 @@
 """gunicorn configuration, shared by ``make run``, ``make stack`` and the Docker image.
 
 gunicorn's gevent worker monkey-patches the process before it loads the app, so this
-file must not import the app, httpx or psycopg at module level (ARCHITECTURE.md §1).
+file must not import the app, httpx or psycopg at module level (docs/architecture.md, "Worker model").
 It imports only the standard library and gunicorn's own logger.
 """
 

@@ -101,7 +101,7 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------------
 # Postgres goes through Django's psycopg 3 pool with CONN_MAX_AGE = 0: under gevent
-# every greenlet would otherwise open its own server connection (ARCHITECTURE.md §1).
+# every greenlet would otherwise open its own server connection (docs/architecture.md, "Worker model").
 if env.has("DATABASE_URL"):
     _db: dict[str, Any] = dict(dj_database_url.parse(env.str("DATABASE_URL")))
     if _db["ENGINE"] == "django.db.backends.postgresql":

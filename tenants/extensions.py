@@ -1,7 +1,7 @@
 """Hooks through which other apps add to what tenants shows, without tenants importing them.
 
 ``billing`` registers its money summary here at start-up, so ``GET /v1/tenant`` can show a
-tenant its spend while identity stays independent of billing (ARCHITECTURE.md §2b).
+tenant its spend while identity stays independent of billing (docs/architecture.md, "Which app imports which").
 """
 
 from __future__ import annotations

@@ -169,9 +169,9 @@ def test_keys_rotate_with_multifernet(settings: object) -> None:
     assert credentials.decrypt(token) is None
 
 
-def test_the_readme_catalog_example_imports(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+def test_the_documented_catalog_example_imports(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "operators" / "providers.md").read_text()
+    example = page.split("```yaml\n", 1)[1].split("```", 1)[0]
     run(tmp_path, example)
     assert set(Provider.objects.values_list("kind", flat=True)) == {"mock", "openai", "anthropic", "gemini"}
     claude = Price.objects.get(model__name="claude-sonnet-4")
