@@ -41,9 +41,9 @@ PASSWORD = "tollway-first-hour-7"
 CREATE_SUPERUSER = ".venv/bin/python manage.py createsuperuser"
 COMMANDS = [
     ".venv/bin/python manage.py createapikey demo",
-    ".venv/bin/python manage.py createtenant acme --monthly-budget-usd 100",
-    ".venv/bin/python manage.py createapikey acme --scopes inference,manage,billing",
-    ".venv/bin/python manage.py topup acme 50 --prepaid",
+    '.venv/bin/python manage.py createtenant acme --name "Acme Corp" --monthly-budget-usd 100',
+    ".venv/bin/python manage.py createapikey acme --name production --scopes inference",
+    '.venv/bin/python manage.py topup acme 50 --note "first payment"',
     ".venv/bin/python manage.py createapikey demo --name finance --scopes billing",
 ]
 CLOSE_MONTH = ".venv/bin/python manage.py closemonth last --finalize"
