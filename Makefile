@@ -6,13 +6,14 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv setup run demo serve migrate seed test test-fast lint typecheck pytest services format clean stack stack-down stack-status docs docs-serve
+.PHONY: bench help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
 
 help:
 	@echo "make run        build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
 	@echo "                (gunicorn, and a Celery worker with beat for the scheduled work)"
 	@echo "make demo       the same, with three past months of usage to close into invoices"
-	@echo "make test       ruff, mypy, the docs build and pytest against real Postgres and Redis"
+	@echo "make test       ruff, mypy, the docs build, pytest against real Postgres and Redis,"
+	@echo "                then the live tests through PgBouncer"
 	@echo "make test-fast  the unit lane only (no servers, browsers or nginx): the inner loop"
 	@echo "make docs       build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
 	@echo "make stack      nginx (TLS) in front of 2 gunicorn replicas (REPLICAS=N for more),"
@@ -83,7 +84,13 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
-test: lint typecheck docs pytest
+# The live lane (tests that start gunicorn, Celery and nginx) once more, with every
+# server's database connections through a real PgBouncer in transaction mode
+# (tests/pgbouncer.py; Debian's pgbouncer package).
+pytest-pgbouncer: $(STAMP) services
+	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS)
+
+test: lint typecheck docs pytest pytest-pgbouncer
 
 # The unit lane (tests/conftest.py sorts tests into lanes): no gunicorn, browser, nginx or
 # fault-injection servers. `make test` still runs every lane.

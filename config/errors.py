@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_OVERLOADED = "upstream_overloaded"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     SERVER_ERROR = "server_error"
+    DRAINING = "server_draining"
 
 
 class TollwayError(Exception):

@@ -31,8 +31,14 @@ worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # gevent workers heartbeat from their own loop; a long stream does not trip this.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 # Streams can last minutes: give them time to finish on a graceful restart. Docker's
-# stop_grace_period (docker/compose.yaml) is a little longer than this.
+# stop_grace_period (docker/compose.yaml) and Kubernetes' terminationGracePeriodSeconds
+# (deploy/k8s) are a little longer than this.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "120"))
+# After SIGTERM, how long a worker keeps its listener open answering /ready with 503 and
+# refusing new calls with a retryable 503, before it stops accepting (config/lifecycle.py).
+# Part of graceful_timeout. 0 closes the listener at once, which nginx in front of several
+# replicas prefers: a refused connection is retried elsewhere, a 503 is not.
+drain_seconds = float(os.environ.get("GUNICORN_DRAIN_SECONDS", "0"))
 # Longer than nginx's upstream keepalive_timeout (60 s), so nginx closes idle
 # connections first and never reuses one gunicorn is closing.
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
@@ -115,9 +121,11 @@ def post_worker_init(worker: Any) -> None:
     # After gevent has patched the worker and the app is loaded (config/greenio.py).
     import gc
 
-    from config import greenio
+    from config import greenio, lifecycle
 
     greenio.install()
+    # gunicorn has installed its SIGTERM handler by now (Worker.init_signals).
+    lifecycle.sigterm_handler_install(drain_seconds=drain_seconds)
     # Everything loaded so far lives as long as the worker: out of the collector's way,
     # so each collection walks only what requests allocate.
     gc.freeze()

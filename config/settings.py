@@ -117,6 +117,10 @@ if env.has("DATABASE_URL"):
         # Off (DB_PREPARED_STATEMENTS=0) behind a pooler that cannot keep them.
         if env.bool("DB_PREPARED_STATEMENTS", True):
             _db["OPTIONS"]["prepare_threshold"] = 1
+        # A transaction pooler (PgBouncer) hands each transaction any server connection,
+        # so a cursor cannot outlive its transaction: Django's .iterator() would DECLARE
+        # a cursor WITH HOLD on one and FETCH from another. Off, it reads in one go.
+        _db["DISABLE_SERVER_SIDE_CURSORS"] = not env.bool("DB_SERVER_SIDE_CURSORS", True)
     DATABASES = {"default": _db}
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import django
 from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 
+from config import lifecycle
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup(set_prefix=False)
 
@@ -41,5 +43,8 @@ keyed_api = KeyedApiHandler()
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    keyed = "HTTP_AUTHORIZATION" in environ and environ.get("PATH_INFO", "").startswith(API_PREFIXES)
+    path = environ.get("PATH_INFO", "")
+    if lifecycle.draining() and path.startswith(API_PREFIXES):
+        return lifecycle.draining_refusal(start_response)  # SIGTERM: no new calls here
+    keyed = "HTTP_AUTHORIZATION" in environ and path.startswith(API_PREFIXES)
     return (keyed_api if keyed else pages)(environ, start_response)

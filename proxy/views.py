@@ -17,6 +17,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from config import lifecycle
 from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.errors import error_response
@@ -179,7 +180,11 @@ def health(request: HttpRequest) -> HttpResponse:
 
 
 def ready(request: HttpRequest) -> HttpResponse:
-    """Readiness: the database and the cache answer."""
+    """Readiness: the database and the cache answer, and the worker is not shutting down.
+    A draining worker (SIGTERM, ``config/lifecycle.py``) answers 503 at once, so whatever
+    probes it stops sending it new work while its streams finish."""
+    if lifecycle.draining():
+        return JsonResponse({"status": "draining"}, status=503)
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:

@@ -111,6 +111,39 @@ def start_upstream(kind: str, base_path: str) -> tuple[subprocess.Popen[Any], Up
     return proc, Upstream(base_url=f"http://127.0.0.1:{port}{base_path}", port=port)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--via-pgbouncer",
+        action="store_true",
+        help="connect every server the live tests start (gunicorn, Celery) to Postgres through a real "
+        "PgBouncer in transaction mode (tests/pgbouncer.py); `make test` runs the live lane this way once",
+    )
+
+
+@pytest.fixture(scope="session")
+def server_database(request: pytest.FixtureRequest, django_db_setup: None) -> Iterator[dict[str, str]]:
+    """The database environment of the servers a test starts: the test database, directly,
+    or with ``--via-pgbouncer`` through a PgBouncer in transaction mode whose server
+    connections default to a time zone that is not UTC (as a managed Postgres may)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if not request.config.getoption("--via-pgbouncer"):
+        yield {"DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
+        return
+    from tests import pgbouncer
+
+    bouncer = pgbouncer.start(
+        host=db["HOST"], port=int(db["PORT"]), user=db["USER"], password=db["PASSWORD"], timezone="America/New_York"
+    )
+    try:
+        yield bouncer.app_env(str(db["NAME"]))
+        used = bouncer.stats().get(str(db["NAME"]), {}).get("total_xact_count", 0)
+        assert used > 0, "--via-pgbouncer: no transaction went through PgBouncer"
+    finally:
+        bouncer.stop()
+
+
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[Upstream]:
     """``python -m tests.mockupstream`` as a real HTTP server on loopback, requiring a key."""

@@ -23,6 +23,7 @@ db = settings.DATABASES["default"]
 print(json.dumps({
     "engine": db["ENGINE"], "name": str(db["NAME"]), "pool": db.get("OPTIONS", {}).get("pool"),
     "prepare_threshold": db.get("OPTIONS", {}).get("prepare_threshold"),
+    "server_side_cursors": not db.get("DISABLE_SERVER_SIDE_CURSORS"),
     "conn_max_age": db.get("CONN_MAX_AGE"), "cache": settings.CACHES["default"]["BACKEND"],
     "eager": settings.CELERY_TASK_ALWAYS_EAGER, "broker": app.conf.broker_url, "debug": settings.DEBUG,
 }))
@@ -71,10 +72,18 @@ def test_urls_give_the_production_profile() -> None:
     assert found["broker"] == "redis://cache.internal:6379/2"
     assert found["debug"] is False
     assert found["prepare_threshold"] == 1, "the ledger insert is prepared"
+    assert found["server_side_cursors"] is True
+    # Behind a transaction pooler (tests/config/test_pooler.py shows why)
     pooler = settings_with(
-        {"DATABASE_URL": "postgres://u:p@pgbouncer:6432/t", "SECRET_KEY": "x" * 50, "DB_PREPARED_STATEMENTS": "0"}
+        {
+            "DATABASE_URL": "postgres://u:p@pgbouncer:6432/t",
+            "SECRET_KEY": "x" * 50,
+            "DB_PREPARED_STATEMENTS": "0",
+            "DB_SERVER_SIDE_CURSORS": "0",
+        }
     )
     assert json.loads(pooler.stdout)["prepare_threshold"] is None
+    assert json.loads(pooler.stdout)["server_side_cursors"] is False
 
 
 def test_secret_key_has_no_default_without_debug() -> None:

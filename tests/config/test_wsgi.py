@@ -13,6 +13,8 @@ import pytest
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 
+from billing.models import UsageRecord
+from config import lifecycle
 from config.wsgi import application
 from tenants import services
 from tests.conftest import Catalog
@@ -94,3 +96,29 @@ def test_pages_and_cookie_calls_keep_the_full_chain(db: None) -> None:
     assert status == 401
     assert "not logged in" in json.loads(content)["error"]["message"]
     assert headers["x-frame-options"] == "DENY"
+
+
+def test_a_draining_worker_refuses_new_calls_and_says_so_on_ready(
+    catalog: Catalog, key: services.CreatedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker that has received SIGTERM (config/lifecycle.py)
+    monkeypatch.setattr(lifecycle, "_draining", True)
+    chat = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"Authorization": f"Bearer {key.plaintext}"}
+    # then a new call, with or without a key, on either prefix, is refused as retryable
+    for path, headers in (("/v1/chat/completions", auth), ("/api/v1/chat/completions", auth), ("/v1/models", {})):
+        status, response_headers, content = call("POST", path, headers, chat)
+        assert status == 503, content
+        assert json.loads(content) == {
+            "error": {"message": json.loads(content)["error"]["message"], "type": "server_error", "param": None,
+                      "code": "server_draining"}
+        }  # fmt: skip
+        assert response_headers["x-should-retry"] == "true"
+        assert response_headers["retry-after"] == "1"
+        assert response_headers["content-length"] == str(len(content))
+    # readiness says so, liveness does not (the orchestrator must not kill it mid-stream)
+    status, _, content = call("GET", "/ready")
+    assert (status, json.loads(content)) == (503, {"status": "draining"})
+    assert call("GET", "/health")[0] == 200
+    # and nothing was billed
+    assert not UsageRecord.objects.exists()

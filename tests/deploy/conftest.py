@@ -23,7 +23,6 @@ import httpx2
 import openai
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from proxy.models import Deployment, Provider
 from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Upstream, free_port, stop, wait_for_http
@@ -119,21 +118,21 @@ def _running(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None) -> Iterator[Stack]:
+def stack(server_database: dict[str, str]) -> Iterator[Stack]:
     """``docker/stack.py up`` on free ports against the test database; ``down`` after."""
-    started = start_stack(replicas=2)
+    started = start_stack(database=server_database, replicas=2)
     try:
         yield started
     finally:
         stop_stack(started)
 
 
-def start_stack(*, replicas: int, **extra: str) -> Stack:
+def start_stack(*, database: dict[str, str], replicas: int, **extra: str) -> Stack:
     """A stack of ``replicas`` gunicorn replicas in a state directory of its own (skipped
     where nginx is not installed)."""
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does it)")
-    stack = stack_config(replicas=replicas, **extra)
+    stack = stack_config(database=database, replicas=replicas, **extra)
     started = stack.run("up", "--replicas", str(replicas))
     if started.returncode != 0:
         stop_stack(stack)
@@ -148,17 +147,17 @@ def stop_stack(stack: Stack) -> None:
     assert stopped.returncode == 0, stopped.stderr
 
 
-def stack_config(*, replicas: int, **extra: str) -> Stack:
-    """The environment of a stack on free ports against the test database and Redis."""
+def stack_config(*, database: dict[str, str], replicas: int, **extra: str) -> Stack:
+    """The environment of a stack on free ports against the test database (``database``:
+    the ``server_database`` fixture's environment) and Redis."""
     (ROOT / "var").mkdir(exist_ok=True)
     state_dir = Path(tempfile.mkdtemp(prefix="stack-test-", dir=ROOT / "var"))
-    db = connection.settings_dict
     web_ports = [free_port() for _ in range(replicas)]
     http_port, https_port = free_port(), free_port()
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        **database,
         "REDIS_URL": settings.REDIS_URL,
         "SECRET_KEY": "stack-test-secret",
         "WEB_CONCURRENCY": "1",

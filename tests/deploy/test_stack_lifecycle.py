@@ -30,9 +30,9 @@ def test_make_stack_passes_replicas_on() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_four_replicas_behind_nginx_each_serve(catalog: Catalog, key: Any) -> None:
+def test_four_replicas_behind_nginx_each_serve(server_database: dict[str, str], catalog: Catalog, key: Any) -> None:
     # given `make stack REPLICAS=4`
-    stack = start_stack(replicas=4)
+    stack = start_stack(database=server_database, replicas=4)
     try:
         # then nginx's upstream block names the four replicas, and supervisord runs them all
         conf = (stack.dir / "nginx" / "nginx.conf").read_text()
@@ -57,7 +57,9 @@ def test_four_replicas_behind_nginx_each_serve(catalog: Catalog, key: Any) -> No
     assert not any(listening(port) for port in stack.web_ports)
 
 
-def test_a_stack_whose_nginx_fails_to_start_stops_everything_it_started(django_db_setup: None, tmp_path: Path) -> None:
+def test_a_stack_whose_nginx_fails_to_start_stops_everything_it_started(
+    server_database: dict[str, str], tmp_path: Path
+) -> None:
     # given an nginx that passes `nginx -t` but dies at start (a port taken, a bad certificate...)
     real = nginx_binary()
     if real is None:
@@ -66,7 +68,7 @@ def test_a_stack_whose_nginx_fails_to_start_stops_everything_it_started(django_d
     script = f'#!/bin/sh\ncase " $* " in *" -t "*) exec "{real}" "$@";; esac\necho "nginx: cannot start" >&2\nexit 1\n'
     fake.write_text(script)
     fake.chmod(0o755)
-    stack = stack_config(replicas=2, TOLLWAY_STACK_NGINX=str(fake))
+    stack = stack_config(database=server_database, replicas=2, TOLLWAY_STACK_NGINX=str(fake))
     try:
         # when the stack starts: the replicas, the worker and beat come up, then nginx fails
         result = stack.run("up")
@@ -84,8 +86,8 @@ def test_a_stack_whose_nginx_fails_to_start_stops_everything_it_started(django_d
         stop_stack(stack)
 
 
-def test_a_stack_without_nginx_starts_nothing(django_db_setup: None) -> None:
-    stack = stack_config(replicas=2, TOLLWAY_STACK_NGINX="/nonexistent/nginx")
+def test_a_stack_without_nginx_starts_nothing(server_database: dict[str, str]) -> None:
+    stack = stack_config(database=server_database, replicas=2, TOLLWAY_STACK_NGINX="/nonexistent/nginx")
     try:
         result = stack.run("up")
         assert result.returncode == 1

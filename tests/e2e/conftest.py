@@ -11,7 +11,6 @@ from typing import Any
 import openai
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, wait_for_http
 
@@ -30,13 +29,13 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
 
 
 @pytest.fixture
-def production_env(transactional_db: None) -> dict[str, str]:
-    """The production profile on the test database and Redis. Tests using it commit their
-    data (transactional_db), so the servers can see it."""
-    db = connection.settings_dict
+def production_env(transactional_db: None, server_database: dict[str, str]) -> dict[str, str]:
+    """The production profile on the test database (through PgBouncer with
+    ``--via-pgbouncer``) and Redis. Tests using it commit their data (transactional_db), so
+    the servers can see it."""
     return {
         "PATH": os.environ["PATH"],
-        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        **server_database,
         "REDIS_URL": settings.REDIS_URL,
         "SECRET_KEY": "live-test-secret",
         "DEBUG": "0",
