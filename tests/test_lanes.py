@@ -46,9 +46,10 @@ def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[s
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    live: starts real gunicorn processes\n")
     clean = {k: v for k, v in os.environ.items() if k not in ("TOLLWAY_REQUIRE_LANES", "DJANGO_SETTINGS_MODULE")}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:django", "-p", "no:cacheprovider", "--strict-markers", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--strict-markers", *args],
         cwd=tmp_path,
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        # No installed plugin (pytest-django and others): only the lanes, through the conftest.
+        env={**clean, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **env},
         capture_output=True,
         text=True,
         timeout=120,
