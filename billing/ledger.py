@@ -42,6 +42,7 @@ class UsageEntry:
     requested_model: str = ""
     cache_hit: bool = False
     markup_percent: Decimal = Decimal(0)
+    api: str = UsageRecord.Api.CHAT
 
 
 def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
@@ -80,6 +81,7 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
         attempts=entry.attempts,
         requested_model=entry.requested_model,
         cache_hit=entry.cache_hit,
+        api=entry.api,
     )
     return cost, _insert_once(row)
 
@@ -299,6 +301,7 @@ def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) ->
             outcome=UsageRecord.Outcome.RESERVATION_EXPIRED,
             latency_ms=0,
             markup_percent=Decimal(record.get("markup_percent", "0")),
+            api=record.get("api", UsageRecord.Api.CHAT),
         )
     )
     if not inserted:

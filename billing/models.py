@@ -110,6 +110,15 @@ class UsageRecord(models.Model):
     history, and the provider is kept as text so billing never depends on the transport.
     """
 
+    class Api(models.TextChoices):
+        """The inbound API a call came through: the wire format the tenant spoke."""
+
+        CHAT = "chat", "Chat completions"
+        COMPLETIONS = "completions", "Legacy completions"
+        EMBEDDINGS = "embeddings", "Embeddings"
+        MESSAGES = "messages", "Anthropic Messages"
+        RESPONSES = "responses", "Responses"
+
     class Outcome(models.TextChoices):
         COMPLETED = "completed", "Completed"
         CLIENT_GONE = "client_disconnected", "Client disconnected"
@@ -196,6 +205,11 @@ class UsageRecord(models.Model):
         max_length=200, blank=True, db_default="", help_text="The model asked for, when another (a fallback) served it"
     )
     cache_hit = models.BooleanField(default=False, db_default=False, help_text="Served from Tollway's response cache")
+    # Rows written before this column existed were all chat, completions or embeddings;
+    # their default says chat.
+    api = models.CharField(
+        max_length=16, choices=Api.choices, default=Api.CHAT, db_default=Api.CHAT, help_text="The inbound API called"
+    )
 
     class Meta:
         ordering = ["-created_at"]

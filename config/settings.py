@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from corsheaders.defaults import default_headers as cors_default_headers
 
 from config.env import env
 
@@ -59,6 +60,56 @@ API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
+
+# CORS, for browser clients (openai-node or the AI SDK in a page): off unless
+# TOLLWAY_CORS_ALLOWED_ORIGINS lists origins ("*" for any). Only the API answers it, and
+# only then is django-cors-headers in either middleware chain, so it costs nothing when off.
+CORS_ALLOWED_ORIGINS = env.list("TOLLWAY_CORS_ALLOWED_ORIGINS")
+CORS_ALLOW_ALL_ORIGINS = CORS_ALLOWED_ORIGINS == ["*"]
+if CORS_ALLOW_ALL_ORIGINS:
+    CORS_ALLOWED_ORIGINS = []
+CORS_URLS_REGEX = r"^/(api/)?v1/"
+# The openai SDKs send their x-stainless-* headers from a browser too; the preflight must allow them.
+CORS_ALLOW_HEADERS = (
+    *cors_default_headers,
+    "openai-organization",
+    "openai-project",
+    "openai-beta",
+    "x-tollway-cache",
+    "x-stainless-arch",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+    "x-stainless-helper-method",
+    "x-stainless-poll-helper",
+    "x-stainless-custom-poll-interval",
+)
+# What a page may read from an answer: the request id, cost, provider, limits and retry advice.
+CORS_EXPOSE_HEADERS = (
+    "x-request-id",
+    "x-tollway-cost",
+    "x-tollway-provider",
+    "x-tollway-attempts",
+    "x-tollway-cache",
+    "retry-after",
+    "x-should-retry",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+CORS_PREFLIGHT_MAX_AGE = 600
+if CORS_ALLOWED_ORIGINS or CORS_ALLOW_ALL_ORIGINS:
+    INSTALLED_APPS.append("corsheaders")  # its system checks validate the origins at start
+    # After the request id (every answer carries one), before anything that may answer.
+    MIDDLEWARE.insert(1, "corsheaders.middleware.CorsMiddleware")
+    API_MIDDLEWARE.insert(1, "corsheaders.middleware.CorsMiddleware")
 
 ROOT_URLCONF = "config.urls"
 LOGIN_URL = "/accounts/login/"

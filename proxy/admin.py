@@ -42,6 +42,7 @@ class ProviderForm(forms.ModelForm):
             "first_byte_timeout",
             "idle_timeout",
             "total_timeout",
+            "drop_unsupported_params",
         )
 
     def clean_api_key(self) -> str:
@@ -69,7 +70,7 @@ class ProviderAdmin(admin.ModelAdmin):
     search_fields = ("name", "base_url")
     readonly_fields = ("credential_status",)
     fieldsets = (
-        (None, {"fields": ("name", "kind", "base_url", "is_active")}),
+        (None, {"fields": ("name", "kind", "base_url", "is_active", "drop_unsupported_params")}),
         ("Credential", {"fields": ("credential_status", "api_key_env", "api_key", "clear_api_key")}),
         (
             "Timeouts (seconds; empty = the TOLLWAY_UPSTREAM_* default)",

@@ -90,6 +90,7 @@ def admit(call: Call) -> Admission:
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "streamed": call.chat.stream,
+            "api": call.chat.endpoint,
             "created_at": call.created_at.isoformat(),
             "timezone": principal.tenant_timezone,
         },

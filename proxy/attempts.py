@@ -8,8 +8,13 @@ models. Ejected deployments (``proxy.circuit``) are skipped; a half-open one tak
 probe.
 
 Retried: connect errors, timeouts and resets before the first byte, and 408, 409, 429,
-5xx and 529. Never retried: 400, 401, 403, 404, 422, anything Tollway refused itself, and
-anything after the first byte has gone to the client. A stream counts as begun only once
+5xx and 529. A 429 is the provider rationing *us*, not the deployment failing: it never
+counts toward the circuit, and it moves the call to another deployment at once (its
+``Retry-After`` is about the deployment that sent it, which this request never tries
+again); with no other deployment the client gets the 429 and the provider's Retry-After.
+
+Never retried: 400, 401, 403, 404, 422, anything Tollway refused itself, and anything
+after the first byte has gone to the client. A stream counts as begun only once
 its first chunk has arrived (:func:`primed`), so a stream that fails before that is
 retried too; after it, a failure is the relay's SSE error event.
 
@@ -114,7 +119,10 @@ def backoff(attempt: int, retry_after: float | None) -> float:
 
 
 def _counts_against(exc: TollwayError) -> bool:
-    """A failure of the deployment itself (not of the request): feeds its circuit."""
+    """A failure of the deployment itself (not of the request, nor a provider's rate
+    limit): feeds its circuit."""
+    if exc.upstream_status == 429:
+        return False
     return exc.retryable or exc.code == ErrorCode.UPSTREAM_AUTH
 
 
@@ -137,7 +145,8 @@ def run(call: Any, picker: Picker, attempt: Callable[[Any], HttpResponseBase]) -
             exc.headers["x-tollway-attempts"] = str(call.attempts)
             if not exc.retryable or call.attempts >= limit:
                 raise
-            wait = backoff(call.attempts, exc.retry_after)
+            rate_limited = exc.upstream_status == 429
+            wait = 0.0 if rate_limited else backoff(call.attempts, exc.retry_after)
             if time.monotonic() + wait > deadline:
                 raise
             following = picker.next()

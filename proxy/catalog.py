@@ -6,6 +6,8 @@
       - {name: local-mock, kind: mock}
       - {name: openai, kind: openai, base_url: "https://api.openai.com/v1", api_key_env: OPENAI_API_KEY,
          timeouts: {connect: 5, first_byte: 60, idle: 30, total: 600}}
+      - {name: anthropic, kind: anthropic, base_url: "https://api.anthropic.com/v1",
+         api_key_env: ANTHROPIC_API_KEY, drop_unsupported_params: true}   # optional, default false
     models:
       - name: gpt-4.1-mini
         owned_by: openai                     # optional
@@ -38,7 +40,7 @@ from django.utils.dateparse import parse_datetime
 from billing.models import Model, Price
 from proxy.models import Deployment, Provider
 
-PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "is_active", "timeouts"}
+PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "is_active", "timeouts", "drop_unsupported_params"}
 TIMEOUT_KEYS = {"connect", "first_byte", "idle", "total"}
 SECRET_HINTS = ("key", "secret", "token", "password")
 MODEL_KEYS = {"name", "owned_by", "is_active", "prices", "deployments"}
@@ -92,6 +94,12 @@ def _decimal(value: Any, where: str) -> Decimal | None:
     return amount
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise CatalogError(f"{where}: drop_unsupported_params must be true or false.")
+    return value
+
+
 def _save(obj: Any, fields: dict[str, Any], label: str, report: ImportReport, created: bool) -> None:
     changed = any(getattr(obj, name) != value for name, value in fields.items())
     for name, value in fields.items():
@@ -116,6 +124,7 @@ def _provider(entry: Any, index: int, report: ImportReport) -> None:
         "base_url": entry.get("base_url") or "",
         "api_key_env": entry.get("api_key_env") or "",
         "is_active": entry.get("is_active", True),
+        "drop_unsupported_params": _flag(entry.get("drop_unsupported_params", False), f"provider {name}"),
         **{f"{k}_timeout": float(timeouts[k]) if timeouts.get(k) is not None else None for k in TIMEOUT_KEYS},
     }
     obj = Provider.objects.filter(name=name).first()

@@ -84,6 +84,7 @@ def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> U
         cache_hit=call.cache_hit,
         # The plan's markup, from the cached account snapshot (no query with warm caches).
         markup_percent=limits.account_of(call.principal.tenant_pk).markup_for(call.route.entry.model_pk),
+        api=call.chat.endpoint,
     )
 
 

@@ -8,7 +8,9 @@ Kept free of Django.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -134,12 +136,20 @@ def completion(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
 
 
 def chunks(
-    body: Mapping[str, Any], *, model: str, chunk_delay: float = 0.0, with_usage: bool | None = None
+    body: Mapping[str, Any],
+    *,
+    model: str,
+    chunk_delay: float = 0.0,
+    with_usage: bool | None = None,
+    usage_on: str = "",
 ) -> Iterator[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects of a streamed answer, one token per chunk.
 
     The usage chunk (``choices: []``) comes last when the request asked for it through
-    ``stream_options.include_usage``, or when ``with_usage`` says so.
+    ``stream_options.include_usage``, or when ``with_usage`` says so. ``usage_on`` puts the
+    usage on chunks that still have choices instead, as some servers do: ``"finish"`` on
+    the finish chunk only, ``"every"`` on every chunk, a running count (vLLM's
+    ``continuous_usage_stats``).
     """
     messages = body["messages"]
     if with_usage is None:
@@ -162,6 +172,16 @@ def chunks(
             **extra,
         }
 
+    prompt = tokens.prompt_tokens(messages)
+    if usage_on:
+        sent = ""
+        for piece in ["", *tokens.pieces(text)]:
+            sent += piece
+            delta = {"content": piece} if piece else {"role": "assistant", "content": ""}
+            running = _usage(prompt, tokens.count(sent))
+            yield {**chunk(delta), "usage": running if usage_on == "every" else None}
+        yield {**chunk({}, finish), "usage": _usage(prompt, tokens.count(text))}
+        return
     yield chunk({"role": "assistant", "content": "", "refusal": None})
     for piece in tokens.pieces(text):
         if chunk_delay:
@@ -169,7 +189,7 @@ def chunks(
         yield chunk({"content": piece})
     yield chunk({}, finish)
     if with_usage:
-        yield {**base, "choices": [], "usage": _usage(tokens.prompt_tokens(messages), tokens.count(text))}
+        yield {**base, "choices": [], "usage": _usage(prompt, tokens.count(text))}
 
 
 # --- Legacy completions and embeddings ------------------------------------------------
@@ -221,10 +241,22 @@ def text_chunks(
         yield chunk
 
 
+def _vector(values: list[float], encoding_format: Any) -> list[float] | str:
+    """Floats, or (``encoding_format: "base64"``, as the openai SDKs ask by default) the
+    base64 of little-endian float32s, as OpenAI sends them."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+    return values
+
+
 def embeddings(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
-    """Deterministic unit-length vectors, and the true token count of the input."""
+    """Deterministic unit-length vectors, and the true token count of the input. Token-id
+    arrays (``[1, 2]`` or ``[[1, 2], [3]]``), which OpenAI's models take, count one token
+    per id."""
     inputs = body.get("input", "")
-    texts = [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    texts = [t if isinstance(t, str) else " ".join(str(i) for i in t) for t in inputs]
     requested = body.get("dimensions")
     dimensions = requested if isinstance(requested, int) and requested > 0 else 8
     data = []
@@ -232,6 +264,7 @@ def embeddings(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
         digest = hashlib.sha256(text.encode()).digest()
         raw = [digest[i % len(digest)] - 127.5 for i in range(dimensions)]
         norm = sum(v * v for v in raw) ** 0.5 or 1.0
-        data.append({"object": "embedding", "index": index, "embedding": [round(v / norm, 6) for v in raw]})
-    prompt = sum(tokens.count(t) for t in texts)
+        vector = [round(v / norm, 6) for v in raw]
+        data.append({"object": "embedding", "index": index, "embedding": _vector(vector, body.get("encoding_format"))})
+    prompt = sum(tokens.count(t) if isinstance(t, str) else len(t) for t in inputs)
     return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}

@@ -36,6 +36,12 @@ class Provider(models.Model):
     first_byte_timeout = models.FloatField(null=True, blank=True, help_text="Seconds until the answer starts")
     idle_timeout = models.FloatField(null=True, blank=True, help_text="Longest gap between streamed chunks")
     total_timeout = models.FloatField(null=True, blank=True, help_text="Seconds for the whole call")
+    drop_unsupported_params = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="For a translated kind (Anthropic, Gemini): drop the parameters it cannot carry instead of "
+        "answering 400 (like LiteLLM's drop_params). The README's parameter table lists them.",
+    )
     is_active = models.BooleanField(default=True)
 
     class Meta:

@@ -16,6 +16,7 @@ from config.errors import ErrorCode, InvalidRequest
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
+# The endpoint a request came through; the same values as the ledger's UsageRecord.Api.
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 
 

@@ -96,24 +96,42 @@ def stream_response(call: meter.Call, upstream: ChunkStream) -> StreamingHttpRes
 
 
 class _Tally:
-    """What a stream has told us so far: the latest usage, and the text it carried."""
+    """What a stream has told us so far: the latest usage, the text it carried, and the
+    stream's own ``id``, ``created`` and ``system_fingerprint`` for the usage chunk."""
+
+    STREAM_FIELDS = ("id", "object", "created", "system_fingerprint", "service_tier")
 
     def __init__(self, upstream: ChunkStream) -> None:
         self.upstream = upstream
         self.usage: TokenUsage | None = None
-        self.usage_chunk: dict[str, Any] | None = None
+        self.usage_raw: Any = None  # the provider's usage object, details and all
+        self.stream_fields: dict[str, Any] = {}
         self.text: list[str] = []
 
     def take(self, chunk: dict[str, Any]) -> bool:
-        """Note the chunk; True if it is a usage-only chunk, which is held back."""
+        """Note the chunk; True if it is a usage-only chunk, which is held back.
+
+        A chunk that carries usage *and* choices (a provider's finish chunk, or every chunk
+        with vLLM's ``continuous_usage_stats``) is relayed for its choices; only its usage
+        is kept for the usage chunk Tollway sends last, which has ``choices: []``.
+        """
         chunk_usage = usage_from_openai(chunk.get("usage"))
         if chunk_usage is not None:
-            self.usage, self.usage_chunk = chunk_usage, chunk
+            self.usage, self.usage_raw = chunk_usage, chunk["usage"]
+        if not self.stream_fields:  # the first chunk names the stream
+            self.stream_fields = {name: chunk[name] for name in self.STREAM_FIELDS if chunk.get(name)} or {"id": ""}
         choices = chunk.get("choices")
         if not choices:
             return True
         self.text.extend(_choice_text(choice) for choice in choices)
         return False
+
+    def usage_chunk(self, kind: str, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+        """The usage chunk the client asked for: the stream's id and ``created`` (or
+        fresh ones when the stream had none), no choices, the usage with its cost."""
+        chunk: dict[str, Any] = {"id": "", "object": kind, "created": int(time.time()), **self.stream_fields}
+        chunk.update(model=model, choices=[], usage=usage)
+        return chunk
 
 
 def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
@@ -133,6 +151,8 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
                 chunk["model"] = model_name
                 if not call.chat.include_usage:
                     chunk.pop("usage", None)
+                elif chunk.get("usage") is not None:
+                    chunk["usage"] = None  # usage goes out once, on the last chunk, with its cost
                 if call.first_byte_at is None:
                     call.first_byte_at = time.monotonic()
                 yield sse_event(chunk)
@@ -156,10 +176,8 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
             respcache.store(call.cache_key, call.route, answer, tally.usage)
         if call.chat.include_usage:
             kind = "text_completion" if call.chat.endpoint == COMPLETIONS else "chat.completion.chunk"
-            final = dict(tally.usage_chunk or {"id": "", "object": kind, "choices": []})
-            final["model"] = model_name
-            final["usage"] = usage_body(_usage_or_estimate(call, tally), cost, final.get("usage"))
-            yield sse_event(final) + SSE_DONE  # one write, not two
+            usage = usage_body(_usage_or_estimate(call, tally), cost, tally.usage_raw)
+            yield sse_event(tally.usage_chunk(kind, model_name, usage)) + SSE_DONE  # one write, not two
         else:
             yield SSE_DONE
     finally:

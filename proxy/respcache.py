@@ -35,9 +35,10 @@ from django.core.cache import cache
 from django.http import HttpRequest
 
 from billing.pricing import PriceSnapshot, TokenUsage
-from proxy.adapters.base import Completion, openai_usage, usage_from_openai
+from proxy.adapters.base import Completion, usage_from_openai
 from proxy.parse import CHAT, EMBEDDINGS, ChatRequest
 from proxy.route import Route
+from proxy.translate.common import openai_usage
 from tenants.selectors import KeyPrincipal
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,8 @@ class Replay:
 class Collector:
     """Rebuilds a streamed answer as a plain one, so a streamed miss can fill the cache.
 
-    Only simple answers are kept: text in one choice, no tool calls.
+    Only simple answers are kept: text in one choice, no tool calls, no reasoning or
+    logprobs (a plain answer rebuilt from them would lose what the client asked for).
     """
 
     def __init__(self) -> None:
@@ -181,12 +183,14 @@ class Collector:
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                if delta.get("tool_calls") or delta.get("function_call"):
+                if any(delta.get(k) for k in ("tool_calls", "function_call", "reasoning_content", "thinking_blocks")):
                     self.simple = False
                 if isinstance(delta.get("content"), str):
                     self.content.append(delta["content"])
             if isinstance(choice.get("text"), str):
                 self.text.append(choice["text"])
+            if choice.get("logprobs"):
+                self.simple = False
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
@@ -194,10 +198,15 @@ class Collector:
         if not self.simple or self.finish_reason is None:
             return None
         if endpoint == CHAT:
-            message = {"role": "assistant", "content": "".join(self.content)}
-            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": self.finish_reason}
+            message = {"role": "assistant", "content": "".join(self.content), "refusal": None}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+            }
             kind = "chat.completion"
         else:
-            choice = {"index": 0, "text": "".join(self.text), "finish_reason": self.finish_reason}
+            choice = {"index": 0, "text": "".join(self.text), "logprobs": None, "finish_reason": self.finish_reason}
             kind = "text_completion"
         return {"id": self.first.get("id"), "object": kind, "created": self.first.get("created"), "choices": [choice]}

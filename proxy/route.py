@@ -55,6 +55,7 @@ class Target:
     weight: int
     api_key_encrypted: str = ""
     timeouts: Timeouts | None = None
+    drop_params: bool = False  # the provider's drop_unsupported_params
 
     @property
     def limits(self) -> Timeouts:
@@ -84,6 +85,7 @@ def target_of(d: Deployment) -> Target:
         weight=d.weight,
         api_key_encrypted=d.provider.api_key_encrypted,
         timeouts=_timeouts(d.provider),
+        drop_params=d.provider.drop_unsupported_params,
     )
 
 

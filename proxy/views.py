@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from config import lifecycle
-from config.errors import MethodNotAllowed, NotFound, TollwayError, UpstreamError
+from config.errors import ErrorCode, MethodNotAllowed, NotFound, TollwayError, UpstreamError
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.errors import error_response
 
@@ -170,7 +170,11 @@ def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
     for listing in route.listings.get("all") or ():
         if listing.name == model and principal.allows_model(model):
             return JsonResponse(_model_object(listing))
-    raise NotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+    raise NotFound(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code=ErrorCode.MODEL_NOT_FOUND,
+    )
 
 
 def health(request: HttpRequest) -> HttpResponse:

@@ -12,8 +12,22 @@ Behaviour is chosen by the model name in the request, as for the OpenAI mock:
 ``mock-garbage`` answers 200 with a body that is not JSON; ``mock-cut`` breaks the stream
 off before its last event (after at most three); ``mock-stream-error`` sends the
 provider's in-stream error event; ``mock-slow`` paces a stream at 50 ms per event.
-Otherwise a request with ``tools`` gets the tool-call fixture, and any other the text
-fixture. Kept free of Django.
+Otherwise the request's shape picks the fixture:
+
+* Anthropic: ``output_config`` → ``structured_output``; ``tool_choice`` forcing the
+  ``final_answer`` tool → ``forced_tool``; ``thinking`` → ``thinking``; ``tools`` →
+  ``tool_use``; else ``message``.
+* Gemini: model ``mock-blocked`` → ``blocked_prompt`` (the prompt refused for safety);
+  ``mock-safety`` → ``safety_stop`` (a candidate stopped for safety); a ``gemini-3…``
+  model with ``tools`` → ``function_call_signature`` (a call with its
+  ``thoughtSignature``); ``tools`` → ``function_call``;
+  ``generationConfig.responseLogprobs`` → ``logprobs``; else ``generate_content``.
+
+Like the real APIs, they refuse (400, in the provider's words) what those refuse and
+Tollway must never send: Gemini a tool schema keyword outside its ``Schema`` subset, or a
+Gemini 3 function call sent back without its ``thoughtSignature``; Anthropic a thinking
+request whose earlier tool-using turn lost its signed thinking block, thinking with a
+forced tool choice, or a thinking budget not below ``max_tokens``. Kept free of Django.
 """
 
 from __future__ import annotations
@@ -156,7 +170,12 @@ class AnthropicUpstream(FixtureUpstream):
             return self.error(start_response, int(model.rsplit("-", 1)[1]))
         if model == "mock-garbage":
             return self.garbage(start_response)
-        name = "tool_use" if body.get("tools") else "message"
+        refusal = self.refusal(body)
+        if refusal:
+            return respond_json(
+                start_response, 400, {"type": "error", "error": {"type": "invalid_request_error", "message": refusal}}
+            )
+        name = self.fixture_name(body)
         if not body.get("stream"):
             return respond_json(start_response, 200, json.loads(self.fixture(f"{name}.json")))
         events = sse_events(self.fixture(f"{name}_stream.sse"))
@@ -165,6 +184,68 @@ class AnthropicUpstream(FixtureUpstream):
             events = [*events[:4], f"event: error\ndata: {json.dumps(error)}\n\n"]
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")])
         return self.stream(events, cut=model == "mock-cut", slow=model == "mock-slow")
+
+    def fixture_name(self, body: dict[str, Any]) -> str:
+        if body.get("output_config"):
+            return "structured_output"
+        if body.get("tool_choice") == {"type": "tool", "name": "final_answer"}:
+            return "forced_tool"
+        if body.get("thinking"):
+            return "thinking"
+        return "tool_use" if body.get("tools") else "message"
+
+    def refusal(self, body: dict[str, Any]) -> str:
+        """What the real Messages API would refuse about ``body`` (its words), or ""."""
+        thinking = body.get("thinking")
+        if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+            return ""
+        if int(thinking.get("budget_tokens") or 0) >= int(body["max_tokens"]):
+            return "`max_tokens` must be greater than `thinking.budget_tokens`."
+        if isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") in ("any", "tool"):
+            return "Thinking may not be enabled when tool_choice forces tool use."
+        for index, message in enumerate(body["messages"]):
+            content = message.get("content")
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            kinds = [block.get("type") for block in content if isinstance(block, dict)]
+            if "tool_use" in kinds and kinds[0] not in ("thinking", "redacted_thinking"):
+                return (
+                    f"messages.{index}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{kinds[0]}`. When `thinking` is enabled, a final `assistant` message must start with a "
+                    "thinking block."
+                )
+            if any(b.get("type") == "thinking" and not b.get("signature") for b in content if isinstance(b, dict)):
+                return f"messages.{index}.content: thinking blocks need their signature."
+        return ""
+
+
+# Gemini's Schema: what functionDeclarations[].parameters may hold (anything else is a 400).
+GEMINI_SCHEMA_KEYS = {
+    "type", "format", "title", "description", "nullable", "enum", "items", "minItems", "maxItems",
+    "properties", "required", "minProperties", "maxProperties", "minimum", "maximum", "minLength",
+    "maxLength", "pattern", "example", "anyOf", "propertyOrdering", "default",
+}  # fmt: skip
+
+
+def gemini_schema_error(schema: Any, where: str) -> str:
+    """Google's message for the first keyword ``schema`` has outside Gemini's subset, or ""."""
+    if not isinstance(schema, dict):
+        return ""
+    for key, value in schema.items():
+        if key not in GEMINI_SCHEMA_KEYS:
+            return f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field."
+        children: list[tuple[str, Any]] = []
+        if key == "properties" and isinstance(value, dict):
+            children = [(f"{where}.properties[{name}].value", sub) for name, sub in value.items()]
+        elif key == "items":
+            children = [(f"{where}.items", value)]
+        elif key == "anyOf" and isinstance(value, list):
+            children = [(f"{where}.any_of[{i}]", sub) for i, sub in enumerate(value)]
+        for child_where, child in children:
+            error = gemini_schema_error(child, child_where)
+            if error:
+                return error
+    return ""
 
 
 class GeminiUpstream(FixtureUpstream):
@@ -195,13 +276,49 @@ class GeminiUpstream(FixtureUpstream):
             return respond_json(start_response, 200, {"embeddings": [{"values": values} for _ in body["requests"]]})
         if not isinstance(body.get("contents"), list):
             return self.error(start_response, 400)
-        name = "function_call" if body.get("tools") else "generate_content"
+        refusal = self.refusal(model, body)
+        if refusal:
+            error = {"error": {"code": 400, "message": refusal, "status": "INVALID_ARGUMENT"}}
+            return respond_json(start_response, 400, error)
+        name = self.fixture_name(model, body)
         if method == "generateContent":
             return respond_json(start_response, 200, json.loads(self.fixture(f"{name}.json")))
         if method != "streamGenerateContent" or environ.get("QUERY_STRING") != "alt=sse":
             return self.error(start_response, 404)
-        events = sse_events(self.fixture("function_call_stream.sse" if body.get("tools") else "stream.sse"))
+        events = sse_events(self.fixture("stream.sse" if name == "generate_content" else f"{name}_stream.sse"))
         if model == "mock-stream-error":
             events = [events[0], f"data: {json.dumps(self.errors['503'])}\r\n\r\n"]
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
         return self.stream(events, cut=model == "mock-cut", slow=model == "mock-slow")
+
+    def fixture_name(self, model: str, body: dict[str, Any]) -> str:
+        if model == "mock-blocked":
+            return "blocked_prompt"
+        if model == "mock-safety":
+            return "safety_stop"
+        if body.get("tools"):
+            return "function_call_signature" if model.startswith("gemini-3") else "function_call"
+        if (body.get("generationConfig") or {}).get("responseLogprobs"):
+            return "logprobs"
+        return "generate_content"
+
+    def refusal(self, model: str, body: dict[str, Any]) -> str:
+        """What the real API would refuse about ``body`` (Google's words), or ""."""
+        for t, tool in enumerate(body.get("tools") or []):
+            for f, declaration in enumerate(tool.get("functionDeclarations") or []):
+                where = f"tools[{t}].function_declarations[{f}].parameters"
+                error = gemini_schema_error(declaration.get("parameters"), where)
+                if error:
+                    return error
+        if not model.startswith("gemini-3"):
+            return ""
+        for position, content in enumerate(body["contents"]):
+            calls = [p for p in content.get("parts") or [] if isinstance(p, dict) and "functionCall" in p]
+            if content.get("role") == "model" and calls and not calls[0].get("thoughtSignature"):
+                name = calls[0]["functionCall"].get("name")
+                return (
+                    "Function call is missing a thought_signature in functionCall parts. This is required for "
+                    f"tools to work correctly. Additional data, function call `default_api:{name}`, position "
+                    f"{position + 1}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures."
+                )
+        return ""

@@ -9,9 +9,12 @@ mapping) is exercised; the benchmark uses it too. Answers come from ``proxy.mock
 Faults are chosen by the upstream model name, so a deployment can point at one:
 
 * ``mock-error-<status>``: that HTTP status with an OpenAI error body (429 adds Retry-After);
+* ``mock-busy``: 503 with ``Retry-After: 1`` (an overloaded provider that says when);
 * ``mock-garbage``: a 200 whose body is not JSON;
 * ``mock-cut``: a stream that breaks off after a few chunks, with no usage and no [DONE];
 * ``mock-no-usage``: a stream that never sends the usage chunk;
+* ``mock-usage-on-finish`` / ``mock-usage-on-every``: a stream whose usage rides on the
+  finish chunk, or on every chunk (vLLM's ``continuous_usage_stats``), with its choices;
 * ``mock-slow``: a stream paced at 50 ms per chunk (to leave in the middle of);
 * ``mock-hang``: waits a second before answering (to trip a first-byte timeout);
 * ``mock-flaky-<N>[-<tag>]``: the first N calls with that exact model name answer 503,
@@ -60,8 +63,9 @@ def _error(
     message: str,
     type_: str = "invalid_request_error",
     code: str | None = None,
+    retry_after: bool = False,
 ) -> list[bytes]:
-    headers = [("Retry-After", "1")] if status == 429 else []
+    headers = [("Retry-After", "1")] if status == 429 or retry_after else []
     return _json(
         start_response, status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers
     )
@@ -126,6 +130,8 @@ class MockUpstream:
         self.calls[model] = self.calls.get(model, 0) + 1
         if model.startswith("mock-flaky-") and self.calls[model] <= int(model.split("-")[2]):
             return _error(start_response, 503, f"Mock flaky failure {self.calls[model]}.", type_="server_error")
+        if model == "mock-busy":
+            return _error(start_response, 503, "Mock upstream overloaded.", type_="server_error", retry_after=True)
         if model.startswith("mock-error-"):
             status = int(model.rsplit("-", 1)[1])
             return _error(
@@ -164,8 +170,9 @@ class MockUpstream:
             yield b": stalling\n\n"  # an SSE comment, so the headers go out now
             time.sleep(1.0)
         with_usage = False if model == "mock-no-usage" else None
+        usage_on = model.removeprefix("mock-usage-on-") if model.startswith("mock-usage-on-") else ""
         for index, chunk in enumerate(
-            mockgen.chunks(body, model=model, chunk_delay=self._delay(model), with_usage=with_usage)
+            mockgen.chunks(body, model=model, chunk_delay=self._delay(model), with_usage=with_usage, usage_on=usage_on)
         ):
             if model == "mock-cut" and index == 4:
                 raise CutStream("mock-cut: dropping the connection mid-stream")

@@ -128,20 +128,6 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
     )
 
 
-def openai_usage(usage: TokenUsage) -> dict[str, Any]:
-    """TokenUsage as OpenAI's ``usage`` object (for translated providers)."""
-    body: dict[str, Any] = {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-    }
-    if usage.cached_input_tokens or usage.cache_write_tokens:
-        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_input_tokens}
-        if usage.cache_write_tokens:
-            body["prompt_tokens_details"]["cache_write_tokens"] = usage.cache_write_tokens
-    return body
-
-
 def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
     """The ``data:`` payloads of a server-sent event stream, one per event, from the body's
     bytes as they arrive."""

@@ -341,14 +341,13 @@ def test_anthropic_messages_api(gateway: str, key: services.CreatedKey, sdk: Any
     assert all(c.usage is None for c in chunks), "no usage chunk unless asked"
     assert (row(request_id).input_tokens, row(request_id).output_tokens) == (472, 89)
 
-    # JSON mode: Anthropic has none, so the schema becomes an instruction
-    client.chat.completions.create(
+    # JSON schema: enforced by a forced answer tool on this (pre-4.5) model, answered as content
+    reply = client.chat.completions.create(
         model="claude-http", messages=[{"role": "user", "content": "json"}], response_format=JSON_SCHEMA_FORMAT
     )
-    assert anthropic_upstream.last()["body"]["system"] == (
-        'Respond with a single JSON object and nothing else. It must match this JSON schema: {"type":"object",'
-        '"properties":{"answer":{"type":"string"}},"required":["answer"]}'
-    )
+    assert anthropic_upstream.last()["body"]["tool_choice"] == {"type": "tool", "name": "final_answer"}
+    assert json.loads(reply.choices[0].message.content or "") == {"answer": "Paris"}
+    assert reply.choices[0].message.refusal is None and reply.choices[0].finish_reason == "stop"
 
     # what Anthropic cannot do is refused clearly, before any call
     before = len(anthropic_upstream.received())

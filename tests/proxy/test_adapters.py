@@ -13,9 +13,9 @@ from django.test import RequestFactory
 from billing.models import UsageRecord
 from config.errors import InvalidRequest
 from proxy import views
-from proxy.adapters import anthropic, gemini
 from proxy.adapters.base import usage_from_openai
 from proxy.models import Provider
+from proxy.translate import anthropic, gemini, params
 from tenants.services import CreatedKey
 from tests.conftest import Catalog, Upstream, user
 
@@ -61,21 +61,22 @@ def test_gemini_thought_summaries_are_not_the_answer_and_finish_reasons_map() ->
         ],
         "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 2, "thoughtsTokenCount": 7},
     }
-    completion = gemini.translate_response(data, "gemini-2.5-pro")
-    first, second = completion.body["choices"]
+    body, usage = gemini.response(data, model="gemini-2.5-pro")
+    first, second = body["choices"]
     assert (first["message"]["content"], first["finish_reason"]) == ("42", "length")
     assert second["finish_reason"] == "content_filter"
-    assert completion.usage is not None and completion.usage.output_tokens == 9
+    assert usage is not None and usage.output_tokens == 9
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
 
 
 def test_anthropic_refuses_what_it_cannot_do_and_requires_max_tokens() -> None:
     body = {"model": "claude", "messages": user("hi")}
-    assert anthropic.translate_request(body, stream=False)["max_tokens"] == anthropic.DEFAULT_MAX_TOKENS
+    assert anthropic.request(body, stream=False)["max_tokens"] == anthropic.DEFAULT_MAX_TOKENS
     with pytest.raises(InvalidRequest) as caught:
-        anthropic.translate_request({**body, "logprobs": True}, stream=False)
+        params.apply({**body, "logprobs": True}, kind="anthropic", drop=False)
     assert caught.value.param == "logprobs"
     # an image by URL, and several system messages joined
-    translated = anthropic.translate_request(
+    translated = anthropic.request(
         {
             "model": "claude",
             "messages": [

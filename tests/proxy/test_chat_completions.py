@@ -208,3 +208,40 @@ class TestLoopbackUpstream:
         row = UsageRecord.objects.get()
         assert row.usage_estimated and row.outcome == UsageRecord.Outcome.COMPLETED
         assert row.output_tokens == tokens.count(content)
+
+
+@pytest.mark.parametrize("upstream_model", ["mock-usage-on-finish", "mock-usage-on-every"])
+def test_usage_on_a_chunk_with_choices_reaches_the_client_once(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, upstream_model: str
+) -> None:
+    # given an upstream that puts usage on chunks that still carry choices (its finish
+    # chunk, or every chunk as vLLM's continuous_usage_stats does)
+    catalog.add_http_model("vllm", mock_upstream, upstream_model)
+    body = {"model": "vllm", "messages": user("say it once"), "stream": True, "stream_options": {"include_usage": True}}
+    events = sse_events(api.chat(body))
+    # then every delta and the finish reason arrive once, and usage only on the last chunk
+    text, _ = mockgen.reply(user("say it once"), max_tokens=None)
+    chunks = [e for e in events if isinstance(e, dict)]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == text
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]].count("stop") == 1
+    *relayed, final = chunks
+    assert all(c["usage"] is None for c in relayed)
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] == tokens.count(text)
+    # and the usage chunk belongs to the stream: its id and created
+    assert (final["id"], final["created"], final["object"]) == (
+        relayed[0]["id"],
+        relayed[0]["created"],
+        "chat.completion.chunk",
+    )
+    assert final["usage"]["cost"] == str(UsageRecord.objects.get().cost)
+
+
+def test_a_usage_chunk_tollway_makes_up_has_the_streams_id_and_created(
+    api: Api, catalog: Catalog, mock_upstream: Upstream
+) -> None:
+    catalog.add_http_model("quiet", mock_upstream, "mock-no-usage")
+    body = {"model": "quiet", "messages": user("no usage"), "stream": True, "stream_options": {"include_usage": True}}
+    *chunks, final, done = sse_events(api.chat(body))
+    assert done == "[DONE]" and final["choices"] == [] and final["usage"]["completion_tokens"] > 0
+    assert final["id"] == chunks[0]["id"] != "" and final["created"] == chunks[0]["created"]
+    assert final["object"] == "chat.completion.chunk" and final["model"] == "quiet"

@@ -63,3 +63,18 @@ def test_legacy_completion_streamed_and_plain_bill_the_same(api: Api, catalog: C
         second.cost,
     )
     assert plain["usage"]["completion_tokens"] == tokens.count(plain["choices"][0]["text"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "api_name"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hi"}]}, "chat"),
+        ("/v1/completions", {"model": "gpt-4.1", "prompt": "Once"}, "completions"),
+        ("/v1/embeddings", {"model": "deepseek-v3", "input": "hello"}, "embeddings"),
+    ],
+)
+def test_the_ledger_records_the_inbound_api(api: Api, catalog: Catalog, path: str, body: Any, api_name: str) -> None:
+    # Given a call through one of the OpenAI endpoints, when it is billed,
+    # then its ledger row says which API it came through (finance reads it per API).
+    assert post(api, path, body).status_code == 200
+    assert UsageRecord.objects.get().api == api_name

@@ -34,7 +34,11 @@ def test_model_detail(api: Api, catalog: Catalog) -> None:
     assert response.json()["id"] == "gpt-4.1"
     missing = api.get("/v1/models/gpt-9")
     assert missing.status_code == 404
-    assert missing.json()["error"]["param"] == "model"
+    # the same code chat answers for an unknown model, so a client branches once
+    assert (missing.json()["error"]["param"], missing.json()["error"]["code"]) == ("model", "model_not_found")
+    assert api.chat({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}).json()["error"]["code"] == (
+        "model_not_found"
+    )
 
 
 def test_models_needs_a_key(client: Client, catalog: Catalog) -> None:

@@ -163,9 +163,9 @@ def test_the_attempt_budget_caps_retries(
 def test_retry_after_is_waited_and_capped(
     api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, settings: LazySettings
 ) -> None:
-    # mock-error-429 answers with Retry-After: 1
+    # mock-busy answers 503 with Retry-After: 1
     backup = provider("backup", mock_upstream.base_url)
-    model("r", (loop, "mock-error-429", 0), (backup, "healthy-b", 1))
+    model("r", (loop, "mock-busy", 0), (backup, "healthy-b", 1))
     started = time.monotonic()
     assert api.chat({"model": "r", "messages": user("hi")}).status_code == 200
     assert time.monotonic() - started >= 1.0
@@ -175,6 +175,42 @@ def test_retry_after_is_waited_and_capped(
     assert response.status_code == 200 and response["x-tollway-attempts"] == "2"
     assert time.monotonic() - started < 0.9
     assert UsageRecord.objects.count() == 2
+
+
+def test_an_upstream_429_moves_to_another_deployment_at_once_and_never_opens_the_circuit(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+) -> None:
+    # given a first-choice deployment that is rate limited (429, Retry-After: 1)
+    backup = provider("backup", mock_upstream.base_url)
+    m = model("rl", (loop, "mock-error-429", 0), (backup, "healthy-b", 1))
+    limited = Deployment.objects.get(model=m, provider=loop)
+    body = {"model": "rl", "messages": user("hi")}
+    for _ in range(5):  # more than CIRCUIT_FAILURES (3)
+        started = time.monotonic()
+        response = api.chat(body)
+        # then the call moves to the other deployment without waiting out the Retry-After
+        assert (response.status_code, response["x-tollway-provider"], response["x-tollway-attempts"]) == (
+            200,
+            "backup",
+            "2",
+        )
+        assert time.monotonic() - started < 0.9
+    # and the rate-limited deployment is still tried first: its circuit never opened
+    assert circuit.describe(limited.pk).startswith("closed")
+    assert seen(mock_upstream).count("mock-error-429") == 5
+
+
+def test_an_upstream_429_with_nowhere_else_to_go_is_the_clients_429_every_time(
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+) -> None:
+    model("only", (loop, "mock-error-429", 0))
+    for _ in range(6):  # five 429s used to eject the only deployment: then 503 for everyone
+        response = api.chat({"model": "only", "messages": user("hi")})
+        assert response.status_code == 429, response.content
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+        assert response["Retry-After"] == "1"  # the provider's own advice
+    assert len(seen(mock_upstream)) == 6
+    assert not UsageRecord.objects.exists()
 
 
 def test_a_fallback_model_serves_at_its_own_price_and_the_row_names_the_model_asked_for(

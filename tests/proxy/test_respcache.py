@@ -15,6 +15,7 @@ from django.test import Client
 from billing.models import UsageRecord
 from tenants.cache import principals
 from tests.conftest import Api, Catalog, Upstream, sse_events, user
+from tests.openapi import validate
 
 pytestmark = pytest.mark.django_db
 
@@ -121,3 +122,21 @@ def test_an_entry_expires_after_its_ttl(api: Api, upstream: Upstream, settings: 
     time.sleep(1.1)
     assert post(api, BODY)["x-tollway-cache"] == "MISS"
     assert calls(upstream) == 2
+
+
+def test_a_hit_rebuilt_from_a_stream_still_matches_openais_schema(api: Api, upstream: Upstream) -> None:
+    sse_events(post(api, {**BODY, "stream": True}))
+    hit = post(api, BODY)
+    assert hit["x-tollway-cache"] == "HIT"
+    validate("CreateChatCompletionResponse", hit.json())
+
+
+def test_a_stream_with_reasoning_is_not_cached_as_plain_text(
+    api: Api, catalog: Catalog, anthropic_upstream: Upstream
+) -> None:
+    catalog.add_http_model("thinker", anthropic_upstream, "claude-sonnet-4-20250514", kind="anthropic")
+    body = {"model": "thinker", "messages": user("GCD?"), "reasoning_effort": "low", "temperature": 0}
+    sse_events(post(api, {**body, "stream": True}))
+    # the plain repeat is not a hit that would lose the thinking (and its signature)
+    again = post(api, body)
+    assert again["x-tollway-cache"] == "MISS" and again.json()["choices"][0]["message"]["thinking_blocks"]
