@@ -6,14 +6,19 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv run migrate seed test lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
+.PHONY: bench help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
 
 help:
-	@echo "make run    build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
-	@echo "make test   ruff, mypy, the docs build, pytest against real Postgres and Redis, then the live tests through PgBouncer"
-	@echo "make docs   build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
-	@echo "make stack  nginx (TLS) in front of 2 gunicorn replicas, Celery worker and beat, on loopback"
-	@echo "            https://127.0.0.1:8443 (http :8080 redirects); stop with make stack-down"
+	@echo "make run        build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
+	@echo "                (gunicorn, and a Celery worker with beat for the scheduled work)"
+	@echo "make demo       the same, with three past months of usage to close into invoices"
+	@echo "make test       ruff, mypy, the docs build, pytest against real Postgres and Redis,"
+	@echo "                then the live tests through PgBouncer"
+	@echo "make test-fast  the unit lane only (no servers, browsers or nginx): the inner loop"
+	@echo "make docs       build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
+	@echo "make stack      nginx (TLS) in front of 2 gunicorn replicas (REPLICAS=N for more),"
+	@echo "                Celery worker and beat, on loopback: https://127.0.0.1:8443"
+	@echo "                (http :8080 redirects); make stack-status, make stack-down"
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +28,27 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-# The embedded default: SQLite under var/, local-memory cache, eager Celery, unless
-# DATABASE_URL / REDIS_URL say otherwise. DEBUG=1 so no SECRET_KEY is required locally.
-run: export DEBUG ?= 1
-run: $(STAMP)
+# The embedded default: SQLite under var/, local-memory cache, unless DATABASE_URL /
+# REDIS_URL say otherwise. var/local.env (written once by config/localenv.py) holds DEBUG=1,
+# a generated SECRET_KEY and a Celery broker on files; every manage.py command run from
+# this checkout reads it too, so the README's commands work as written.
+export TOLLWAY_VAR_DIR ?= $(CURDIR)/var
+
+setup: $(STAMP)
+	$(BIN)/python -m config.localenv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seeddemo
-	PORT=$(PORT) exec $(BIN)/gunicorn -c config/gunicorn.py
+
+# gunicorn and a Celery worker with beat, side by side under supervisord (config/supervisord.conf).
+run: setup serve
+
+demo: setup
+	$(BIN)/python manage.py seeddemo --history
+	$(MAKE) --no-print-directory serve
+
+serve:
+	PORT=$(PORT) TOLLWAY_BIN=$(abspath $(BIN)) TOLLWAY_USER=$$(id -un) \
+	  exec $(BIN)/supervisord -n -c config/supervisord.conf
 
 migrate: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
@@ -39,7 +58,7 @@ services:
 
 # The production stack on loopback, without Docker: docker/stack.py says how.
 stack: $(STAMP) services
-	$(BIN)/python docker/stack.py up
+	$(BIN)/python docker/stack.py up $(if $(REPLICAS),--replicas $(REPLICAS))
 
 stack-down:
 	$(BIN)/python docker/stack.py down
@@ -72,6 +91,11 @@ pytest-pgbouncer: $(STAMP) services
 	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS)
 
 test: lint typecheck docs pytest pytest-pgbouncer
+
+# The unit lane (tests/conftest.py sorts tests into lanes): no gunicorn, browser, nginx or
+# fault-injection servers. `make test` still runs every lane.
+test-fast: $(STAMP) services
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

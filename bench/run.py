@@ -9,7 +9,7 @@ Redis and settles it), and the ledger insert. Upstreams run on loopback:
   here, so it is never the bottleneck);
 * **slow**: the same nginx streaming 20 chunks over 2 s with Debian's echo module
   (``libnginx-mod-http-echo``, which ``make bench`` installs), so 2,000 streams cost it
-  next to nothing; without the module, ``python -m proxy.mockupstream`` does it, sharing
+  next to nothing; without the module, ``python -m tests.mockupstream`` does it, sharing
   the cores, and the table says so.
 
 Scenarios (see the README's *Performance* section for the targets):
@@ -169,7 +169,7 @@ def start_slow_upstream() -> tuple[subprocess.Popen[bytes], int]:
     nginx's echo module is missing. It shares the cores with Tollway, which the table says."""
     port = free_port()
     proc = subprocess.Popen(
-        [PY, "-m", "proxy.mockupstream", "--port", str(port), "--chunk-delay-ms", "100"],
+        [PY, "-m", "tests.mockupstream", "--port", str(port), "--chunk-delay-ms", "100"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
@@ -403,10 +403,12 @@ def ttfb_probe(stack: Stack, token: str, body: dict[str, Any], samples: int) -> 
     return asyncio.run(run())
 
 
-def _worker_statuses() -> list[str]:
+def _worker_statuses(env: dict[str, str]) -> list[str]:
     """/proc/<pid>/status of every gunicorn worker of the stack's replicas."""
-    state = json.loads((STATE / "stack" / "state.json").read_text())
-    masters = {p["pid"] for p in state["processes"] if p["name"].startswith("web")}
+    status = subprocess.run(
+        [PY, "docker/stack.py", "status", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    masters = {p["pid"] for name, p in json.loads(status.stdout or "{}").items() if name.startswith("web")}
     found = []
     for stat in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -420,7 +422,7 @@ def _worker_statuses() -> list[str]:
 
 def worker_rss_mb(stack: Stack) -> float:
     """The largest resident set among the replicas' gunicorn workers, in MB."""
-    sizes = [int(m.group(1)) for t in _worker_statuses() if (m := re.search(r"VmRSS:\s+(\d+) kB", t))]
+    sizes = [int(m.group(1)) for t in _worker_statuses(stack.env) if (m := re.search(r"VmRSS:\s+(\d+) kB", t))]
     return max(sizes, default=0) / 1024
 
 
@@ -456,7 +458,7 @@ def p1(stack: Stack, token: str, seconds: int) -> dict[str, Any]:
             ports=stack.web_ports,
         )
     )
-    out["app_c64"]["workers"] = len(_worker_statuses())
+    out["app_c64"]["workers"] = len(_worker_statuses(stack.env))
     return out
 
 
@@ -735,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         slow, slow_port = start_slow_upstream()
         procs.append(slow)
         slow_url = f"http://127.0.0.1:{slow_port}/v1"
-        report.slow_upstream = "python -m proxy.mockupstream (no echo module: it shares the cores)"
+        report.slow_upstream = "python -m tests.mockupstream (no echo module: it shares the cores)"
     try:
         stack = stack_up(env)
         token = seed(env, f"http://127.0.0.1:{instant_port}/v1", slow_url)

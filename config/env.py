@@ -3,19 +3,32 @@
 Every setting that comes from outside goes through :class:`Env`, so a missing or
 malformed value fails at start with a message that names the variable and the fix,
 never later on a request.
+
+Values come from the process environment, then from the checkout's local development
+file, ``var/local.env`` (written by ``make run``; see :mod:`config.localenv`). That file
+is skipped when the environment sets ``DEBUG`` off, so production never reads it.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Mapping
+from collections import ChainMap
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from config.localenv import local_env_path, local_env_read
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingError(ImproperlyConfigured):
+    """A setting from the environment is missing or malformed. ``manage.py`` prints its
+    message, which names the variable and the fix, without a traceback."""
 
 
 class Env:
@@ -23,10 +36,23 @@ class Env:
 
     ``secret()`` is for values that must never have a built-in default in production:
     with DEBUG off, a missing secret stops the process at start.
+
+    ``local_file`` names a dotenv file whose values stand under the environment's; it is
+    ignored when the environment itself turns DEBUG off.
     """
 
-    def __init__(self, environ: Mapping[builtins.str, builtins.str] | None = None) -> None:
-        self._environ = os.environ if environ is None else environ
+    def __init__(
+        self, environ: Mapping[builtins.str, builtins.str] | None = None, *, local_file: Path | None = None
+    ) -> None:
+        base = os.environ if environ is None else environ
+        self.local_file: Path | None = None
+        local = local_env_read(local_file) if local_file is not None else {}
+        debug = base.get("DEBUG", "").strip().lower()
+        if local and not (debug and debug in _FALSE):
+            self._environ: Mapping[builtins.str, builtins.str] = ChainMap(dict(base), local)
+            self.local_file = local_file
+        else:
+            self._environ = base
 
     def has(self, name: builtins.str) -> bool:
         return bool(self._environ.get(name, "").strip())
@@ -44,7 +70,7 @@ class Env:
             return True
         if value in _FALSE:
             return False
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use 1 or 0.")
+        raise SettingError(f"{name}={raw!r} is not a boolean: use 1 or 0.")
 
     def int(self, name: builtins.str, default: builtins.int) -> int:
         raw = self._environ.get(name)
@@ -53,7 +79,7 @@ class Env:
         try:
             return int(raw)
         except ValueError:
-            raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number.") from None
+            raise SettingError(f"{name}={raw!r} is not a whole number.") from None
 
     def float(self, name: builtins.str, default: builtins.float) -> float:
         raw = self._environ.get(name)
@@ -62,7 +88,7 @@ class Env:
         try:
             return float(raw)
         except ValueError:
-            raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+            raise SettingError(f"{name}={raw!r} is not a number.") from None
 
     def decimal(self, name: builtins.str, default: Decimal | None = None) -> Decimal | None:
         raw = self._environ.get(name)
@@ -71,7 +97,7 @@ class Env:
         try:
             return Decimal(raw.strip())
         except InvalidOperation:
-            raise ImproperlyConfigured(f"{name}={raw!r} is not a decimal number.") from None
+            raise SettingError(f"{name}={raw!r} is not a decimal number.") from None
 
     def list(
         self, name: builtins.str, default: builtins.list[builtins.str] | None = None
@@ -81,6 +107,18 @@ class Env:
             return list(default or [])
         return [item.strip() for item in raw.split(",") if item.strip()]
 
+    def choice(self, name: builtins.str, default: builtins.str, choices: Iterable[builtins.str]) -> builtins.str:
+        """One of ``choices``, matched without regard to case (``LOG_LEVEL=info`` is
+        ``INFO``); returned spelt as in ``choices``. Anything else stops the process."""
+        options = list(choices)
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        for option in options:
+            if raw.strip().lower() == option.lower():
+                return option
+        raise SettingError(f"{name}={raw!r} is not one of: {', '.join(options)}.")
+
     def secret(self, name: builtins.str, *, debug: builtins.bool, dev_default: builtins.str) -> builtins.str:
         """A secret: required when DEBUG is off, ``dev_default`` only in DEBUG."""
         value = self.str(name)
@@ -88,10 +126,11 @@ class Env:
             return value
         if debug:
             return dev_default
-        raise ImproperlyConfigured(
-            f"{name} is not set. It has no default when DEBUG is off: "
-            f"set {name} in the environment, or DEBUG=1 for local development."
+        raise SettingError(
+            f"{name} is not set. It has no default when DEBUG is off: set {name} in the environment. "
+            "For local development, run `make run` once: it writes var/local.env (DEBUG=1 and a "
+            "generated SECRET_KEY), which every command run from this checkout then reads."
         )
 
 
-env = Env()
+env = Env(local_file=local_env_path())

@@ -3,7 +3,9 @@
 Two profiles, chosen by what is set:
 
 * **Embedded default** (nothing set): SQLite under ``var/``, Django's local-memory
-  cache and eager Celery. This is what ``make run`` uses.
+  cache and eager Celery. ``make run`` uses it with the checkout's ``var/local.env``
+  (``config.localenv``): DEBUG, a generated secret key, and a Celery broker on files, for
+  the worker and beat it starts beside gunicorn.
 * **Production profile**: ``DATABASE_URL`` selects Postgres with Django's psycopg 3
   connection pool; ``REDIS_URL`` selects Redis for the cache, the counters and the
   Celery broker.
@@ -120,7 +122,17 @@ ROOT_URLCONF = "config.urls"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/dashboard/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
-# Password-reset mails for dashboard users (Django's own views send them), invoices and alerts.
+# Password-reset mails for dashboard users (Django's own views send them), invoices and
+# alerts: over SMTP in
+# production; in DEBUG, to files under var/mail/ (one per message), so a local reset works
+# with no mail server.
+_EMAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+}
+EMAIL_BACKEND = _EMAIL_BACKENDS[env.choice("EMAIL_BACKEND", "file" if DEBUG else "smtp", _EMAIL_BACKENDS)]
+EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 EMAIL_HOST = env.str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env.int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env.str("EMAIL_HOST_USER")
@@ -210,9 +222,26 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Celery ----------------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+# `make run` starts a Celery worker (with beat) beside gunicorn (config/supervisord.conf);
+# var/local.env says so. Without Redis its broker is then a folder of message files that
+# gunicorn writes and the worker reads, so scheduled work runs with no server at all.
+# Without a worker and without a broker, tasks run eagerly, inside the call that sends them.
+_LOCAL_WORKER = env.bool("TOLLWAY_LOCAL_WORKER", False)
+CELERY_BROKER_URL = env.str(
+    "CELERY_BROKER_URL", REDIS_URL or ("filesystem://localhost/" if _LOCAL_WORKER else "memory://")
+)
 CELERY_RESULT_BACKEND = None
-CELERY_TASK_ALWAYS_EAGER = not bool(REDIS_URL) and not env.has("CELERY_BROKER_URL")
+CELERY_TASK_ALWAYS_EAGER = not bool(REDIS_URL) and not env.has("CELERY_BROKER_URL") and not _LOCAL_WORKER
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _queue = VAR_DIR / "celery" / "queue"
+    _queue.mkdir(parents=True, exist_ok=True)
+    (VAR_DIR / "celery" / "control").mkdir(exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue),
+        "data_folder_out": str(_queue),
+        "control_folder": str(VAR_DIR / "celery" / "control"),
+        "store_processed": False,
+    }
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -313,7 +342,7 @@ TOLLWAY: dict[str, Any] = {
     "LAST_USED_THROTTLE_SECONDS": env.float("TOLLWAY_LAST_USED_THROTTLE_SECONDS", 60.0),
     # When Redis is unreachable: "open" lets rate limits pass (logged) and holds budgets
     # through Postgres row locks; "closed" refuses requests with 503 instead.
-    "LIMITS_ON_REDIS_ERROR": env.str("TOLLWAY_LIMITS_ON_REDIS_ERROR", "open"),
+    "LIMITS_ON_REDIS_ERROR": env.choice("TOLLWAY_LIMITS_ON_REDIS_ERROR", "open", ["open", "closed"]),
     # A reservation older than this is taken for a dead worker's and billed by the sweeper.
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.
@@ -379,7 +408,8 @@ TOLLWAY: dict[str, Any] = {
 
 # --- Logging ---------------------------------------------------------------------------
 # JSON lines in production (one object per line, for a log shipper); plain text in DEBUG.
-LOG_FORMAT = env.str("LOG_FORMAT", "plain" if DEBUG else "json")
+LOG_FORMAT = env.choice("LOG_FORMAT", "plain" if DEBUG else "json", ["plain", "json"])
+LOG_LEVEL = env.choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -392,7 +422,7 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # 4xx answers are the client's business and already in the access log.

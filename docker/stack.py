@@ -1,8 +1,11 @@
 """The production stack on one machine, without Docker: ``make stack`` / ``make stack-down``.
 
-    python docker/stack.py up | down | status | reload
+    python docker/stack.py up [--replicas N] | down | status [--json] | reload
 
-``up`` runs the migrations once, collects the static files, then starts, on loopback:
+``up`` runs the one-shot steps first (the development certificate, the database if it is
+missing, the migrations once, ``collectstatic``, ``seeddemo``), checks that nginx is
+installed and that every port is free, and only then starts, on loopback, under one
+**supervisord** (``supervisor`` from PyPI, a daemon of its own):
 
 * N gunicorn replicas (``config/gunicorn.py``, gevent workers), one port each;
 * a Celery worker and exactly one Celery beat;
@@ -11,20 +14,28 @@
   Its master is started by this user (root here); workers drop to ``www-data`` (or stay
   this user where ``www-data`` could not reach the files: see ``nginx_user``).
 
-It uses the local Postgres and Redis, and a development certificate (``nginx/dev-cert.sh``).
-Every process runs in its own process group; pids and logs live in the state directory
-(``var/stack/`` by default). ``reload`` re-renders nginx's configuration from the current
-environment (same ports) and reloads it gracefully. The end-to-end tests drive this file.
+supervisord's configuration is written to the state directory (``supervisord.conf``), each
+program logs to ``logs/<name>.log``, and ``up`` waits until every replica, nginx and the
+worker answer. If anything fails on the way, ``up`` shuts supervisord down, which stops
+every process it had started, and exits non-zero. A process that dies is not restarted
+(tests kill replicas on purpose). ``down`` stops nginx first (no new requests; its
+keepalive connections, which hold a gunicorn worker's graceful exit, close), then beat,
+the worker and the replicas: SIGTERM to each process group, SIGKILL after the stop
+timeout. ``reload`` re-renders nginx's configuration from the current environment (same
+ports) and reloads it gracefully. The end-to-end tests drive this file.
 
 Environment (defaults in brackets):
-    TOLLWAY_STACK_DIR [var/stack]           state: state.json, logs/, nginx/, static/
+    TOLLWAY_STACK_DIR [var/stack]           state: supervisord.conf, logs/, nginx/, static/
     TOLLWAY_STACK_HTTP_PORT [8080]          http://127.0.0.1:PORT redirects to HTTPS
     TOLLWAY_STACK_HTTPS_PORT [8443]
-    TOLLWAY_STACK_WEB_PORTS [8101,8102]     one gunicorn replica per port
+    TOLLWAY_STACK_WEB_PORTS [8101,8102]     one gunicorn replica per port; with --replicas N
+                                            and no list, 8101 to 8100+N
     TOLLWAY_STACK_CERT_DIR [nginx/dev-certs]
     TOLLWAY_STACK_SEED [1]                  run ``seeddemo`` (prints the demo key once)
     TOLLWAY_STACK_CELERY_CONCURRENCY [2]
+    TOLLWAY_STACK_STOP_TIMEOUT [30]         seconds between SIGTERM and SIGKILL on stop
     TOLLWAY_STACK_NGINX_USER [www-data]     the user nginx's workers run as
+    TOLLWAY_STACK_NGINX [nginx on PATH, or /usr/sbin/nginx]  the nginx binary
     DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/tollway]  created if missing
     REDIS_URL [redis://127.0.0.1:6379/0]
     TOLLWAY_NGINX_RATE [50r/s], TOLLWAY_NGINX_BURST [100], TOLLWAY_NGINX_CONN_LIMIT [200],
@@ -41,8 +52,8 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -51,6 +62,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +93,11 @@ def _load_file(name: str, path: Path) -> Any:
 
 
 def find_nginx() -> str | None:
-    """nginx lives in /usr/sbin, which a non-root PATH may lack."""
+    """nginx lives in /usr/sbin, which a non-root PATH may lack; TOLLWAY_STACK_NGINX names
+    another binary."""
+    if os.environ.get("TOLLWAY_STACK_NGINX"):
+        chosen = os.environ["TOLLWAY_STACK_NGINX"]
+        return chosen if os.access(chosen, os.X_OK) else None
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
@@ -94,30 +110,45 @@ class Config:
     cert_dir: Path
     seed: bool
     celery_concurrency: int
+    stop_timeout: int
     database_url: str
     redis_url: str
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> Config:
+    def from_env(cls, env: dict[str, str], replicas: int | None = None) -> Config:
+        """The stack's settings. ``replicas`` (``make stack REPLICAS=N``) sets how many
+        gunicorn replicas run, on 8101 upwards unless TOLLWAY_STACK_WEB_PORTS lists them."""
+
         def path(name: str, default: Path) -> Path:
             value = env.get(name)
             return (ROOT / value).resolve() if value else default
 
+        listed = [int(p) for p in (env.get("TOLLWAY_STACK_WEB_PORTS") or "").split(",") if p.strip()]
+        if listed and replicas is not None and len(listed) != replicas:
+            raise SystemExit(f"stack: --replicas {replicas}, but TOLLWAY_STACK_WEB_PORTS lists {len(listed)} ports")
+        if replicas is not None and replicas < 1:
+            raise SystemExit("stack: --replicas must be at least 1")
+        web_ports = listed or [8101 + index for index in range(replicas or 2)]
         return cls(
             state_dir=path("TOLLWAY_STACK_DIR", ROOT / "var" / "stack"),
             http_port=int(env.get("TOLLWAY_STACK_HTTP_PORT") or 8080),
             https_port=int(env.get("TOLLWAY_STACK_HTTPS_PORT") or 8443),
-            web_ports=[int(p) for p in (env.get("TOLLWAY_STACK_WEB_PORTS") or "8101,8102").split(",") if p.strip()],
+            web_ports=web_ports,
             cert_dir=path("TOLLWAY_STACK_CERT_DIR", ROOT / "nginx" / "dev-certs"),
             seed=(env.get("TOLLWAY_STACK_SEED") or "1") not in ("0", "false", "no"),
             celery_concurrency=int(env.get("TOLLWAY_STACK_CELERY_CONCURRENCY") or 2),
+            stop_timeout=int(env.get("TOLLWAY_STACK_STOP_TIMEOUT") or 30),
             database_url=env.get("DATABASE_URL") or "postgres://postgres:postgres@127.0.0.1:5432/tollway",
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
         )
 
     @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
+    def supervisor_conf(self) -> Path:
+        return self.state_dir / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.state_dir / "supervisor.sock"
 
     @property
     def logs(self) -> Path:
@@ -154,6 +185,7 @@ def app_env(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     return {
         **env,
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        # Production settings: DEBUG off also keeps a checkout's var/local.env out of it.
         "DEBUG": "0",
         "SECRET_KEY": env.get("SECRET_KEY") or secret_file.read_text().strip(),
         "ALLOWED_HOSTS": env.get("ALLOWED_HOSTS") or "127.0.0.1,localhost",
@@ -209,7 +241,7 @@ def nginx_values(cfg: Config, env: dict[str, str]) -> dict[str, str]:
 def nginx_cmd(cfg: Config, *args: str) -> list[str]:
     nginx = find_nginx()
     if nginx is None:
-        raise SystemExit("stack: nginx is not installed (apt-get install nginx)")
+        raise StackError("nginx is not installed (apt-get install nginx); nothing was started")
     # -e: log startup errors to stderr, not to the system nginx's /var/log/nginx/error.log.
     return [nginx, "-p", f"{cfg.nginx_dir}/", "-c", str(cfg.nginx_conf), "-e", "stderr", *args]
 
@@ -219,35 +251,14 @@ def write_nginx_conf(cfg: Config, env: dict[str, str]) -> None:
     cfg.nginx_conf.write_text(render.render(render.TEMPLATE.read_text(), nginx_values(cfg, env)))
     result = subprocess.run(nginx_cmd(cfg, "-t", "-q"), capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"stack: nginx -t failed on {cfg.nginx_conf}:\n{result.stderr}")
+        raise StackError(f"nginx -t failed on {cfg.nginx_conf}:\n{result.stderr}")
 
 
-# --- processes -------------------------------------------------------------------------
+class StackError(Exception):
+    """A step of ``up`` (or another command) failed; the message says which and why."""
 
 
-def load_state(cfg: Config) -> dict[str, Any]:
-    if cfg.state_file.exists():
-        return dict(json.loads(cfg.state_file.read_text()))
-    return {"processes": []}
-
-
-def save_state(cfg: Config, state: dict[str, Any]) -> None:
-    cfg.state_file.write_text(json.dumps(state, indent=2))
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after the command name: [state, ppid, ...]."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def alive(entry: dict[str, Any]) -> bool:
-    """The recorded process is running and is still the one we started: its start time
-    matches, so a reused pid is never signalled (nginx rewrites its command line)."""
-    fields = _stat(entry["pid"])
-    return fields is not None and fields[0] != "Z" and fields[19] == entry["started"]
+# --- supervisord -------------------------------------------------------------------------
 
 
 def web_concurrency(env: dict[str, str], replicas: int) -> int:
@@ -262,46 +273,144 @@ def web_concurrency(env: dict[str, str], replicas: int) -> int:
     return max(1, int(cores) // replicas)
 
 
-def start(cfg: Config, state: dict[str, Any], name: str, argv: list[str], env: dict[str, str]) -> None:
-    log = (cfg.logs / f"{name}.log").open("ab")
-    # Its own session: `down` stops the process group, so a replica's workers go with it.
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+def programs(cfg: Config, env: dict[str, str]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """What supervisord runs: (name, argv, extra environment), in start order. supervisord
+    stops them in the reverse order, so nginx, started last, stops first."""
+    workers = str(web_concurrency(env, len(cfg.web_ports)))
+    found: list[tuple[str, list[str], dict[str, str]]] = [
+        (
+            f"web-{index}",
+            [PY, "-m", "gunicorn", "-c", "config/gunicorn.py", "--bind", f"127.0.0.1:{port}"],
+            {"PORT": str(port), "WEB_CONCURRENCY": workers},
+        )
+        for index, port in enumerate(cfg.web_ports, start=1)
+    ]
+    celery = [PY, "-m", "celery", "-A", "config"]
+    found.append(
+        ("worker", [*celery, "worker", "-n", cfg.worker_name, "--concurrency", str(cfg.celery_concurrency)], {})
     )
-    log.close()
-    fields = _stat(proc.pid)
-    started = fields[19] if fields else ""
-    state["processes"].append({"name": name, "pid": proc.pid, "started": started, "argv": argv})
-    save_state(cfg, state)
+    # The pidfile keeps a second beat off this state directory.
+    beat_files = ["--schedule", str(cfg.state_dir / "celerybeat-schedule")]
+    beat_files += ["--pidfile", str(cfg.state_dir / "celerybeat.pid")]
+    found.append(("beat", [*celery, "beat", *beat_files], {}))
+    found.append(("nginx", nginx_cmd(cfg, "-g", "daemon off;"), {}))
+    return found
 
 
-def stop_all(cfg: Config, state: dict[str, Any], timeout: float) -> None:
-    """Stop nginx first, so no new requests arrive and its keepalive connections (which
-    hold a gunicorn worker's graceful exit) close; then everything else. SIGTERM each
-    process group, and SIGKILL what is left after ``timeout``."""
-    entries = [e for e in reversed(state["processes"]) if alive(e)]
-    first = [e for e in entries if e["name"] == "nginx"]
-    for batch in (first, [e for e in entries if e not in first]):
-        for entry in batch:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(entry["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(alive(e) for e in batch):
-            time.sleep(0.1)
-        for entry in batch:
-            if alive(entry):
-                print(f"stack: {entry['name']} did not stop in {timeout:.0f}s; killing it", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(entry["pid"], signal.SIGKILL)  # also any orphans left in its group
+def _ini(value: str) -> str:
+    """A value for supervisord's configuration, which expands %(name)s everywhere."""
+    return value.replace("%", "%%")
+
+
+def supervisor_conf(cfg: Config, env: dict[str, str]) -> str:
+    """supervisord's configuration for this stack. It runs daemonised, answers
+    supervisorctl and XML-RPC on a socket in the state directory, and keeps every
+    program's output in ``logs/<name>.log``."""
+    lines = [
+        "; Written by docker/stack.py up: the processes of `make stack`.",
+        "[supervisord]",
+        f"logfile={_ini(str(cfg.logs / 'supervisord.log'))}",
+        f"pidfile={_ini(str(cfg.state_dir / 'supervisord.pid'))}",
+        f"directory={_ini(str(ROOT))}",
+        "",
+        "[unix_http_server]",
+        f"file={_ini(str(cfg.supervisor_socket))}",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{_ini(str(cfg.supervisor_socket))}",
+    ]
+    found = programs(cfg, env)
+    # One group per tier, stopped as a whole: the replicas (and worker and beat) stop side
+    # by side rather than one after another.
+    groups = {"web": [name for name, _, _ in found if name.startswith("web-")], "celery": ["worker", "beat"]}
+    for priority, (group, members) in enumerate(groups.items(), start=1):
+        lines += ["", f"[group:{group}]", f"programs={','.join(members)}", f"priority={priority * 10}"]
+    for name, argv, extra in found:
+        lines += [
+            "",
+            f"[program:{name}]",
+            f"command={_ini(shlex.join(argv))}",
+            f"directory={_ini(str(ROOT))}",
+            # nginx starts last and stops first.
+            f"priority={999 if name == 'nginx' else 10}",
+            # Started once: a process that dies stays down (the failover tests kill replicas),
+            # and one that exits within its first second fails `up` at once.
+            "autorestart=false",
+            "startsecs=1",
+            "startretries=0",
+            # SIGTERM to the whole process group (gunicorn's master and workers), then SIGKILL.
+            "stopsignal=TERM",
+            f"stopwaitsecs={cfg.stop_timeout}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={_ini(str(cfg.logs / f'{name}.log'))}",
+            "stdout_logfile_maxbytes=0",
+        ]
+        if extra:
+            pairs = ",".join(f'{key}="{_ini(value)}"' for key, value in extra.items())
+            lines.append(f"environment={pairs}")
+    return "\n".join(lines) + "\n"
+
+
+def supervisor(cfg: Config) -> Any:
+    """An XML-RPC proxy to the stack's supervisord (``supervisor.xmlrpc`` is the client
+    transport supervisor documents for its UNIX socket)."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{cfg.supervisor_socket}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
+def processes(cfg: Config) -> list[dict[str, Any]] | None:
+    """supervisord's view of each program (name, statename, pid), or None when it is not running."""
+    if not cfg.supervisor_socket.exists():
+        return None
+    try:
+        return list(supervisor(cfg).getAllProcessInfo())
+    except OSError:  # a socket left by a supervisord that was killed
+        return None
+
+
+def supervisor_shutdown(cfg: Config) -> None:
+    """Stop every program (nginx first; SIGKILL after the stop timeout) and supervisord
+    itself; return once supervisord has exited."""
+    pidfile = cfg.state_dir / "supervisord.pid"
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
+    with contextlib.suppress(OSError, xmlrpc.client.Fault):
+        supervisor(cfg).shutdown()
+    # supervisord stops one program at a time, each within the stop timeout.
+    deadline = time.monotonic() + cfg.stop_timeout * (len(cfg.web_ports) + 3) + 10
+    while pid is not None and _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# --- readiness -----------------------------------------------------------------------------
 
 
 def wait_for(what: str, check: Any, timeout: float, cfg: Config) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        failed = [p for p in processes(cfg) or [] if p["statename"] in ("EXITED", "FATAL", "BACKOFF", "STOPPED")]
+        if failed:
+            names = ", ".join(p["name"] for p in failed)
+            raise StackError(f"{names} exited while waiting for {what}; see {cfg.logs}/<name>.log")
         if check():
             return
         time.sleep(0.2)
-    raise TimeoutError(f"{what} was not ready within {timeout:.0f}s; logs are in {cfg.logs}")
+    raise StackError(f"{what} was not ready within {timeout:.0f}s; logs are in {cfg.logs}")
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
@@ -340,62 +449,67 @@ def ensure_database(url: str) -> None:
             print(f"stack: created database {name}")
 
 
-def up(cfg: Config, env: dict[str, str]) -> int:
-    state = load_state(cfg)
-    running = [e["name"] for e in state["processes"] if alive(e)]
-    if running:
-        print(f"stack: already running ({', '.join(running)}); `make stack-down` first", file=sys.stderr)
-        return 1
-    for path in (cfg.logs, cfg.nginx_dir / "temp", cfg.static_root, cfg.state_dir / "acme"):
-        path.mkdir(parents=True, exist_ok=True)
-    # nginx's workers (www-data) read the static files: the tree must be traversable.
-    cfg.state_dir.chmod(0o755)
-    state = {"processes": [], "config": {"https_port": cfg.https_port, "http_port": cfg.http_port}}
-    save_state(cfg, state)
+def ports_free(cfg: Config) -> None:
+    """Refuse to start when a port is taken, before anything runs."""
+    for port in (*cfg.web_ports, cfg.http_port, cfg.https_port):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise StackError(
+                    f"port {port} is in use (another stack? `make stack-down`); nothing was started"
+                ) from None
 
-    subprocess.run(["bash", str(ROOT / "nginx" / "dev-cert.sh"), str(cfg.cert_dir)], check=True)
-    ensure_database(cfg.database_url)
-    appenv = app_env(cfg, env)
-    manage = [PY, "manage.py"]
-    # Migrations run once, here, before any replica starts; never from each replica.
-    subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=appenv, check=True)
-    subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=appenv, check=True)
-    if cfg.seed:
-        subprocess.run([*manage, "seeddemo"], cwd=ROOT, env=appenv, check=True)
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def up(cfg: Config, env: dict[str, str]) -> int:
+    running = processes(cfg)
+    if running is not None:
+        names = ", ".join(p["name"] for p in running if p["statename"] == "RUNNING")
+        print(f"stack: already running ({names or 'supervisord'}); `make stack-down` first", file=sys.stderr)
+        return 1
+    try:
+        # Checks and one-shot steps: nothing is left running if one of them fails.
+        nginx_cmd(cfg)
+        ports_free(cfg)
+        for path in (cfg.logs, cfg.nginx_dir / "temp", cfg.static_root, cfg.state_dir / "acme"):
+            path.mkdir(parents=True, exist_ok=True)
+        # nginx's workers (www-data) read the static files: the tree must be traversable.
+        cfg.state_dir.chmod(0o755)
+        subprocess.run(["bash", str(ROOT / "nginx" / "dev-cert.sh"), str(cfg.cert_dir)], check=True)
+        ensure_database(cfg.database_url)
+        appenv = app_env(cfg, env)
+        manage = [PY, "manage.py"]
+        # Migrations run once, here, before any replica starts; never from each replica.
+        subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=appenv, check=True)
+        subprocess.run([*manage, "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=appenv, check=True)
+        if cfg.seed:
+            subprocess.run([*manage, "seeddemo"], cwd=ROOT, env=appenv, check=True)
+        write_nginx_conf(cfg, env)
+        # Nothing of ours is running (checked above): a beat pidfile left by a killed beat is stale.
+        (cfg.state_dir / "celerybeat.pid").unlink(missing_ok=True)
+        cfg.supervisor_conf.write_text(supervisor_conf(cfg, appenv))
+    except (StackError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
 
     try:
-        webenv = {**appenv, "WEB_CONCURRENCY": str(web_concurrency(appenv, len(cfg.web_ports)))}
-        for index, port in enumerate(cfg.web_ports, start=1):
-            argv = [PY, "-m", "gunicorn", "-c", "config/gunicorn.py", "--bind", f"127.0.0.1:{port}"]
-            start(cfg, state, f"web-{index}", argv, {**webenv, "PORT": str(port)})
-        celery = [PY, "-m", "celery", "-A", "config"]
-        start(
-            cfg,
-            state,
-            "worker",
-            [*celery, "worker", "-n", cfg.worker_name, "--concurrency", str(cfg.celery_concurrency), "-l", "INFO"],
-            appenv,
-        )
-        # The pidfile keeps a second beat off this state directory; nothing of ours is
-        # running (checked above), so one left by a killed beat is stale.
-        (cfg.state_dir / "celerybeat.pid").unlink(missing_ok=True)
-        beat_files = ["--schedule", str(cfg.state_dir / "celerybeat-schedule")]
-        beat_files += ["--pidfile", str(cfg.state_dir / "celerybeat.pid")]
-        start(cfg, state, "beat", [*celery, "beat", *beat_files, "-l", "INFO"], appenv)
-        write_nginx_conf(cfg, env)
-        start(cfg, state, "nginx", nginx_cmd(cfg, "-g", "daemon off;"), env)
-
+        # supervisord daemonises itself and starts the programs in order; the app's
+        # environment is its own, so every program inherits it.
+        subprocess.run([PY, "-m", "supervisor.supervisord", "-c", str(cfg.supervisor_conf)], env=appenv, check=True)
+        wait_for("supervisord", lambda: processes(cfg) is not None, 30, cfg)
         for port in cfg.web_ports:
             wait_for(f"gunicorn on {port}", lambda port=port: http_ok(f"http://127.0.0.1:{port}/health"), 60, cfg)
         tls = ssl.create_default_context(cafile=str(cfg.cert_dir / "ca.pem"))
         wait_for("nginx", lambda: http_ok(f"{cfg.base_url}/health", tls), 30, cfg)
         wait_for("the Celery worker", lambda: worker_answers(cfg), 60, cfg)
-        for entry in state["processes"]:
-            if not alive(entry):
-                raise RuntimeError(f"{entry['name']} exited; see {cfg.logs / entry['name']}.log")
+        wait_for("every process", lambda: all(p["statename"] == "RUNNING" for p in processes(cfg) or []), 10, cfg)
     except (Exception, KeyboardInterrupt) as exc:
         print(f"stack: {exc}; stopping what started", file=sys.stderr)
-        stop_all(cfg, state, timeout=10)
+        supervisor_shutdown(cfg)
         return 1
 
     print(f"stack: up at {cfg.base_url} (trust {cfg.cert_dir / 'ca.pem'}); http://127.0.0.1:{cfg.http_port} redirects")
@@ -403,36 +517,46 @@ def up(cfg: Config, env: dict[str, str]) -> int:
     return 0
 
 
-def down(cfg: Config, timeout: float) -> int:
-    state = load_state(cfg)
-    stop_all(cfg, state, timeout)
-    cfg.state_file.unlink(missing_ok=True)
+def down(cfg: Config) -> int:
+    if processes(cfg) is None:
+        print("stack: not running")
+        return 0
+    supervisor_shutdown(cfg)
     print("stack: stopped")
     return 0
 
 
-def status(cfg: Config) -> int:
-    state = load_state(cfg)
-    if not state["processes"]:
-        print("stack: not running")
+def status(cfg: Config, as_json: bool = False) -> int:
+    found = processes(cfg)
+    if found is None:
+        print("{}" if as_json else "stack: not running")
         return 1
-    for entry in state["processes"]:
-        print(f"{entry['name']:<8} pid {entry['pid']:<8} {'running' if alive(entry) else 'stopped'}")
-    return 0 if all(alive(e) for e in state["processes"]) else 1
+    if as_json:
+        print(json.dumps({p["name"]: {"state": p["statename"], "pid": p["pid"]} for p in found}))
+    else:
+        for p in found:
+            print(f"{p['name']:<8} pid {p['pid']:<8} {p['statename'].lower()}")
+    return 0 if all(p["statename"] == "RUNNING" for p in found) else 1
 
 
 def reload(cfg: Config, env: dict[str, str]) -> int:
     """Re-render nginx's configuration from the current environment and reload it, waiting
     until the old workers have gone so the new settings are what answers next."""
-    state = load_state(cfg)
-    nginx = next((e for e in state["processes"] if e["name"] == "nginx" and alive(e)), None)
+    nginx = next((p for p in processes(cfg) or [] if p["name"] == "nginx" and p["statename"] == "RUNNING"), None)
     if nginx is None:
         print("stack: nginx is not running", file=sys.stderr)
         return 1
-    old = _children(nginx["pid"])
-    write_nginx_conf(cfg, env)
-    os.kill(nginx["pid"], signal.SIGHUP)
-    wait_for("nginx's reload", lambda: not (old & _children(nginx["pid"])) and bool(_children(nginx["pid"])), 30, cfg)
+    master = int(nginx["pid"])
+    old = _children(master)
+    try:
+        write_nginx_conf(cfg, env)
+    except StackError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    supervisor(cfg).signalProcess("nginx", "HUP")
+    deadline = time.monotonic() + 30
+    while (old & _children(master) or not _children(master)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     print("stack: nginx reloaded")
     return 0
 
@@ -440,8 +564,11 @@ def reload(cfg: Config, env: dict[str, str]) -> int:
 def _children(pid: int) -> set[int]:
     found = set()
     for proc in Path("/proc").glob("[0-9]*"):
-        fields = _stat(int(proc.name))
-        if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+        try:
+            fields = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(proc.name))
     return found
 
@@ -449,17 +576,18 @@ def _children(pid: int) -> set[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("command", choices=["up", "down", "status", "reload"])
-    parser.add_argument("--stop-timeout", type=float, default=30.0, help="seconds before SIGKILL on down")
+    parser.add_argument("--replicas", type=int, help="gunicorn replicas for up (default 2)")
+    parser.add_argument("--json", action="store_true", help="status as JSON: {name: {state, pid}}")
     args = parser.parse_args(argv)
     env = dict(os.environ)
-    cfg = Config.from_env(env)
+    cfg = Config.from_env(env, replicas=args.replicas)
     if args.command == "up":
         return up(cfg, env)
     if args.command == "down":
-        return down(cfg, args.stop_timeout)
+        return down(cfg)
     if args.command == "reload":
         return reload(cfg, env)
-    return status(cfg)
+    return status(cfg, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Deterministic chat completions, shared by the built-in mock provider and the mock
-upstream server (``python -m proxy.mockupstream``).
+upstream server (``python -m tests.mockupstream``).
 
 The same request always gets the same answer, and the usage it reports is the true
 count of what it sent (``proxy.tokens``), so tests can check billing to the token.

@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from tenants import keys, services
-from tenants.forms import ApiKeyAdminForm, TenantAdminForm
+from tenants.forms import ApiKeyAdminForm, TenantAdminForm, TenantUserCreationForm
 from tenants.models import ApiKey, Membership, Tenant
 
 
@@ -110,6 +110,10 @@ admin.site.unregister(User)
 @admin.register(User)
 class TenantUserAdmin(UserAdmin):
     inlines = [MembershipInline]
+    add_form = TenantUserCreationForm
+    add_fieldsets = (
+        (None, {"classes": ("wide",), "fields": ("username", "email", "usable_password", "password1", "password2")}),
+    )
     list_display = ("username", "email", "membership", "is_staff", "is_active")
     list_select_related = ("membership__tenant",)
 

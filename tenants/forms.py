@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AdminUserCreationForm, UsernameField
 
 from tenants.models import ApiKey, Tenant
 from tenants.services import KEY_FIELDS
@@ -56,3 +58,16 @@ class TenantAdminForm(forms.ModelForm):
             "max_concurrent",
             "response_cache",
         ]
+
+
+class TenantUserCreationForm(AdminUserCreationForm):
+    """The admin's "add user" form, with the e-mail address password-reset mails go to."""
+
+    email = forms.EmailField(
+        required=True, help_text="Where this user's password-reset mails go (Forgot your password? on the login page)."
+    )
+
+    class Meta:  # UserCreationForm's, with the e-mail
+        model = get_user_model()
+        fields = ("username", "email")
+        field_classes = {"username": UsernameField}

@@ -29,8 +29,9 @@ from tenants.cache import principals
 from tenants.models import Tenant
 
 ROOT = Path(__file__).resolve().parent.parent
-# The headless-Chromium fixture for the web pages' tests; SMTP and webhook receivers.
-pytest_plugins = ["tests.browser", "tests.delivery"]
+# The headless-Chromium fixture for the web pages' tests; SMTP and webhook receivers; the test
+# lanes (unit, live, browser, deploy, faults), applied by directory and fixture, with a summary of skips.
+pytest_plugins = ["tests.browser", "tests.delivery", "tests.lanes"]
 UPSTREAM_KEY_ENV = "TOLLWAY_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-upstream-test-secret"
 
@@ -65,6 +66,16 @@ def ledger_settled(count: int, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def ledger_row(timeout: float = 5.0, **filters: Any) -> Any:
+    """The one ledger row matching ``filters``, waiting for it as :func:`ledger_settled` does."""
+    from billing.models import UsageRecord
+
+    deadline = time.monotonic() + timeout
+    while not UsageRecord.objects.filter(**filters).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return UsageRecord.objects.get(**filters)
+
+
 def stop(proc: subprocess.Popen[Any]) -> None:
     proc.terminate()
     try:
@@ -93,7 +104,7 @@ class Upstream:
 def start_upstream(kind: str, base_path: str) -> tuple[subprocess.Popen[Any], Upstream]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.mockupstream", "--kind", kind, "--port", str(port), "--api-key", UPSTREAM_KEY],
+        [sys.executable, "-m", "tests.mockupstream", "--kind", kind, "--port", str(port), "--api-key", UPSTREAM_KEY],
         cwd=ROOT,
     )
     wait_for_http(f"http://127.0.0.1:{port}/health", proc=proc)
@@ -135,7 +146,7 @@ def server_database(request: pytest.FixtureRequest, django_db_setup: None) -> It
 
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[Upstream]:
-    """``python -m proxy.mockupstream`` as a real HTTP server on loopback, requiring a key."""
+    """``python -m tests.mockupstream`` as a real HTTP server on loopback, requiring a key."""
     proc, upstream = start_upstream("openai", "/v1")
     try:
         yield upstream

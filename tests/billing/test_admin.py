@@ -105,6 +105,33 @@ def test_reports_are_downloadable(admin_client: Client, drafts: list[Invoice]) -
     assert admin_client.get(reverse("admin:billing_report_changelist")).status_code == 200
 
 
+def test_reports_generate_now_from_the_reports_page(
+    admin_client: Client, drafts: list[Invoice], monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks
+) -> None:
+    from config.celery import app
+
+    # the Reports page offers last month and a "Generate now" button
+    page = admin_client.get(reverse("admin:billing_report_changelist")).content.decode()
+    assert "Generate now" in page and 'name="period"' in page
+    generate = reverse("admin:billing_report_generate")
+
+    # a malformed month, or one not over yet, is refused and nothing is queued
+    with django_capture_on_commit_callbacks() as queued:
+        bad = admin_client.post(generate, {"period": "2026-13"}, follow=True).content.decode()
+        early = admin_client.post(generate, {"period": "2999-01"}, follow=True).content.decode()
+    assert "is not a month" in bad and "is not over yet" in early and queued == []
+
+    # when finance generates October's reports (run here as the worker would run the task)
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        done = admin_client.post(generate, {"period": "2026-10"}, follow=True).content.decode()
+
+    # then the task was queued once the request committed, and the reports are there
+    assert len(queued) == 1 and "The reports for 2026-10 are being generated" in done
+    made = sorted(Report.objects.filter(period="2026-10").values_list("kind", "tenant__slug"))
+    assert made == [("invoices", None), ("margin", None), ("statement", "acme"), ("statement", "globex")]
+
+
 def test_price_book_rejects_an_overlapping_start_and_shows_upcoming_and_past(admin_client: Client) -> None:
     model = Model.objects.create(name="gpt-4.1")
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -34,6 +35,8 @@ def settings_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/tmp"),
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        # Not this checkout's var/, whose local.env (from `make run`) would stand in for DEBUG and SECRET_KEY.
+        "TOLLWAY_VAR_DIR": tempfile.mkdtemp(prefix="settings-"),
     }
     return subprocess.run(
         [sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60

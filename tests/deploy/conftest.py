@@ -1,6 +1,6 @@
-"""The local production stack (docker/stack.py) as the end-to-end tests drive it: real
-nginx on loopback in front of real gunicorn replicas, a Celery worker and beat, on the
-test database and Redis, started on free ports in a state directory of its own."""
+"""The local production stack (docker/stack.py, under supervisord) as the end-to-end tests
+drive it: real nginx on loopback in front of real gunicorn replicas, a Celery worker and
+beat, on the test database and Redis, started on free ports in a state directory of its own."""
 
 from __future__ import annotations
 
@@ -77,13 +77,13 @@ class Stack:
             check=False,
         )
 
-    def process(self, name: str) -> dict[str, Any]:
-        state = json.loads((self.dir / "state.json").read_text())
-        return next(p for p in state["processes"] if p["name"] == name)
+    def processes(self) -> dict[str, Any]:
+        """supervisord's view: {name: {"state": "RUNNING", "pid": N}}."""
+        return dict(json.loads(self.run("status", "--json").stdout or "{}"))
 
     def kill(self, name: str) -> None:
         """SIGKILL a process group, as a crashed container dies: master and workers at once."""
-        pid = self.process(name)["pid"]
+        pid = self.processes()[name]["pid"]
         os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _running(pid):
@@ -120,16 +120,44 @@ def _running(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def stack(server_database: dict[str, str]) -> Iterator[Stack]:
     """``docker/stack.py up`` on free ports against the test database; ``down`` after."""
+    started = start_stack(database=server_database, replicas=2)
+    try:
+        yield started
+    finally:
+        stop_stack(started)
+
+
+def start_stack(*, database: dict[str, str], replicas: int, **extra: str) -> Stack:
+    """A stack of ``replicas`` gunicorn replicas in a state directory of its own (skipped
+    where nginx is not installed)."""
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (apt-get install nginx; .ci/run does it)")
+    stack = stack_config(database=database, replicas=replicas, **extra)
+    started = stack.run("up", "--replicas", str(replicas))
+    if started.returncode != 0:
+        stop_stack(stack)
+        pytest.fail(f"stack up failed:\n{started.stdout}\n{started.stderr}")
+    return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    stack.close()
+    stopped = stack.run("down")
+    shutil.rmtree(stack.dir, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def stack_config(*, database: dict[str, str], replicas: int, **extra: str) -> Stack:
+    """The environment of a stack on free ports against the test database (``database``:
+    the ``server_database`` fixture's environment) and Redis."""
     (ROOT / "var").mkdir(exist_ok=True)
     state_dir = Path(tempfile.mkdtemp(prefix="stack-test-", dir=ROOT / "var"))
-    web_ports = [free_port(), free_port()]
+    web_ports = [free_port() for _ in range(replicas)]
     http_port, https_port = free_port(), free_port()
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
-        **server_database,
+        **database,
         "REDIS_URL": settings.REDIS_URL,
         "SECRET_KEY": "stack-test-secret",
         "WEB_CONCURRENCY": "1",
@@ -143,29 +171,22 @@ def stack(server_database: dict[str, str]) -> Iterator[Stack]:
         "TOLLWAY_STACK_WEB_PORTS": ",".join(map(str, web_ports)),
         "TOLLWAY_STACK_SEED": "0",
         "TOLLWAY_STACK_CELERY_CONCURRENCY": "1",
+        "TOLLWAY_STACK_STOP_TIMEOUT": "15",
         UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+        **extra,
     }
-    stack = Stack(dir=state_dir, env=env, http_port=http_port, https_port=https_port, web_ports=web_ports)
-    started = stack.run("up")
-    try:
-        assert started.returncode == 0, f"stack up failed:\n{started.stdout}\n{started.stderr}"
-        yield stack
-    finally:
-        stack.close()
-        stopped = stack.run("down", "--stop-timeout", "15")
-        shutil.rmtree(state_dir, ignore_errors=True)
-        assert stopped.returncode == 0, stopped.stderr
+    return Stack(dir=state_dir, env=env, http_port=http_port, https_port=https_port, web_ports=web_ports)
 
 
 @pytest.fixture(scope="module")
 def mock_server() -> Iterator[Callable[..., Upstream]]:
-    """Start ``python -m proxy.mockupstream`` with pacing flags; all stopped afterwards."""
+    """Start ``python -m tests.mockupstream`` with pacing flags; all stopped afterwards."""
     procs: list[subprocess.Popen[Any]] = []
 
     def start(*flags: str) -> Upstream:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY, *flags],
+            [sys.executable, "-m", "tests.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY, *flags],
             cwd=ROOT,
         )
         procs.append(proc)

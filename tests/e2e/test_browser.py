@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.live, needs_chromium]
 def slow_upstream() -> Iterator[Upstream]:
     """The mock upstream pacing each streamed chunk, so a stream can be watched and stopped."""
     port = free_port()
-    command = [sys.executable, "-m", "proxy.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY]
+    command = [sys.executable, "-m", "tests.mockupstream", "--port", str(port), "--api-key", UPSTREAM_KEY]
     proc = subprocess.Popen(
         [*command, "--chunk-delay-ms", "150"],
         cwd=ROOT,

@@ -239,8 +239,11 @@ def test_a_fallback_the_key_may_not_use_is_skipped(
 
 
 def test_circuit_opens_after_n_failures_and_closes_after_a_healthy_probe(
-    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider
+    api: Api, catalog: Catalog, mock_upstream: Upstream, loop: Provider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the circuit's clock, moved on by hand instead of sleeping through the ejection
+    now = [time.time()]
+    monkeypatch.setattr(circuit, "clock", lambda: now[0])
     # given a first-choice deployment that fails its first 3 calls, then recovers
     backup = provider("backup", mock_upstream.base_url)
     m = model("cb", (loop, "mock-flaky-3-cb", 0), (backup, "healthy-b", 1))
@@ -254,8 +257,8 @@ def test_circuit_opens_after_n_failures_and_closes_after_a_healthy_probe(
     response = api.chat(body)
     assert (response["x-tollway-provider"], response["x-tollway-attempts"]) == ("backup", "1")
     assert seen(mock_upstream) == ["healthy-b"]
-    # after the ejection time, one probe goes through; it succeeds and closes the circuit
-    time.sleep(0.35)
+    # after the ejection time (0.3 s), one probe goes through; it succeeds and closes the circuit
+    now[0] += 0.35
     assert circuit.describe(flaky.pk).startswith("HALF-OPEN")
     response = api.chat(body)
     assert (response["x-tollway-provider"], response["x-tollway-attempts"]) == ("loop", "1")

@@ -103,6 +103,10 @@ def test_a_full_pool_queues_the_next_call_until_one_is_free(fresh_transport: Non
     threads = [threading.Thread(target=lambda: results.append(call(server.url))) for _ in range(5)]
     for thread in threads:
         thread.start()
+    # two connections open (however long a loaded machine takes), and no third follows
+    deadline = time.monotonic() + 10
+    while server.accepted < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
     threading.Event().wait(0.3)
     assert server.accepted == 2, "never more than max_connections"
     server.release.set()

@@ -24,6 +24,21 @@ def test_the_admin_gives_a_user_a_tenant_and_role(admin_client: Client, tenant: 
     assert Membership.objects.get(user=user).tenant == tenant
 
 
+def test_adding_a_user_in_the_admin_asks_for_the_email_resets_go_to(admin_client: Client, tenant: Tenant) -> None:
+    page = admin_client.get("/admin/auth/user/add/")
+    assert b'name="email"' in page.content
+    fields = {"username": "newhire", "usable_password": "true", "password1": "k8#vQ2!pLm", "password2": "k8#vQ2!pLm"}
+    # the Membership box is on the same page: tenant and role in one step
+    fields |= {"membership-TOTAL_FORMS": "1", "membership-INITIAL_FORMS": "0"}
+    fields |= {"membership-0-tenant": str(tenant.pk), "membership-0-role": "developer"}
+    missing = admin_client.post("/admin/auth/user/add/", fields)
+    assert missing.status_code == 200 and b'id="id_email_error"' in missing.content
+    added = admin_client.post("/admin/auth/user/add/", {**fields, "email": "newhire@example.com"})
+    assert added.status_code == 302, added.content
+    user = get_user_model().objects.get(username="newhire")
+    assert user.email == "newhire@example.com" and Membership.objects.get(user=user).tenant == tenant
+
+
 def test_password_reset_is_djangos_own(client: Client, db: None) -> None:
     assert client.get("/accounts/password_reset/").status_code == 200
 

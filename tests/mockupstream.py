@@ -1,7 +1,7 @@
 """A standalone OpenAI-compatible mock upstream server, over real HTTP.
 
-    python -m proxy.mockupstream --port 9100 [--api-key K] [--latency-ms 0] [--chunk-delay-ms 0]
-    python -m proxy.mockupstream --kind anthropic|gemini [--fixtures DIR] ...   (see proxy.mockproviders)
+    python -m tests.mockupstream --port 9100 [--api-key K] [--latency-ms 0] [--chunk-delay-ms 0]
+    python -m tests.mockupstream --kind anthropic|gemini [--fixtures DIR] ...   (see tests.mockproviders)
 
 Tests run it on loopback so the real upstream code path (httpx, SSE parsing, error
 mapping) is exercised; the benchmark uses it too. Answers come from ``proxy.mockgen``.
@@ -25,7 +25,7 @@ Faults are chosen by the upstream model name, so a deployment can point at one:
   chunk (a failure before the first byte that is not a status).
 
 It serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``, and
-records what it received at ``/_debug/requests`` (see ``proxy.mockproviders``).
+records what it received at ``/_debug/requests`` (see ``tests.mockproviders``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import mockgen
-from proxy.mockproviders import AnthropicUpstream, GeminiUpstream, Recorder, read_json
+from tests.mockproviders import AnthropicUpstream, GeminiUpstream, Recorder, read_json
 
 StartResponse = Callable[..., Any]
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "openai":
         app = MockUpstream(api_key=args.api_key, latency=args.latency_ms / 1000, chunk_delay=args.chunk_delay_ms / 1000)
     else:
-        fixtures = Path(args.fixtures or Path(__file__).resolve().parent.parent / "tests" / "fixtures" / args.kind)
+        fixtures = Path(args.fixtures or Path(__file__).resolve().parent / "fixtures" / args.kind)
         kinds = {"anthropic": AnthropicUpstream, "gemini": GeminiUpstream}
         app = kinds[args.kind](fixtures, api_key=args.api_key)
     server = WSGIServer((args.host, args.port), app, log=None, error_log=None)

@@ -1,6 +1,6 @@
 """Loopback upstreams that speak Anthropic's and Gemini's own wire formats.
 
-    python -m proxy.mockupstream --kind anthropic|gemini [--fixtures DIR] [--api-key K]
+    python -m tests.mockupstream --kind anthropic|gemini [--fixtures DIR] [--api-key K]
 
 They answer from fixture files built from the providers' documented examples
 (``tests/fixtures/<kind>/``), byte for byte, and record every request they receive so a
