@@ -36,6 +36,12 @@ BODY = {"model": "gpt-4.1", "messages": MESSAGES, "max_tokens": 10}
 PRICEY = PriceSnapshot(Decimal(2000), Decimal(8000), None)  # type: ignore[arg-type]
 
 
+def price_dearly() -> None:
+    Price.objects.filter(model__name="gpt-4.1").update(
+        input_per_mtok=PRICEY.input_per_mtok, output_per_mtok=PRICEY.output_per_mtok
+    )
+
+
 def reservation() -> Decimal:
     prompt = max(tokens.prompt_tokens(MESSAGES), len(json.dumps(MESSAGES)) // 3)
     return cost_of(TokenUsage(prompt, 10), PRICEY)
@@ -83,9 +89,7 @@ def test_budget_is_never_overspent_under_concurrency(slow_replicas: list[Any], t
     # each call costs at least 85 % of its reservation (its output is cut at max_tokens),
     # so once K have been admitted what is left never fits another, however the calls
     # interleave with their settles (the count below does not depend on timing)
-    Price.objects.filter(model__name="gpt-4.1").update(
-        input_per_mtok=PRICEY.input_per_mtok, output_per_mtok=PRICEY.output_per_mtok
-    )
+    price_dearly()
     budget = Decimal("0.40")
     fits = int(budget // reservation())
     assert fits == 3 and budget - fits * reservation() * Decimal("0.85") < reservation()
@@ -138,6 +142,7 @@ def worker_pids(master: int) -> list[int]:
 def test_killed_worker_leaves_a_reservation_the_sweeper_bills(
     slow_replicas: list[Any], tenant: Tenant, make_key: Any
 ) -> None:
+    price_dearly()
     tenant.monthly_budget_usd = Decimal("1.00")
     tenant.save()
     key = make_key(tenant)

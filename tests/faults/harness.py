@@ -282,7 +282,7 @@ class RedisServer:
 
 
 class MockUpstream:
-    """``python -m proxy.mockupstream`` on loopback; ``stats()`` counts every call it got."""
+    """``python -m tests.mockupstream`` on loopback; ``stats()`` counts every call it got."""
 
     def __init__(self, base: Path, *, latency_ms: int = 0, chunk_delay_ms: int = 0) -> None:
         self.port = free_port()
@@ -291,7 +291,7 @@ class MockUpstream:
             [
                 sys.executable,
                 "-m",
-                "proxy.mockupstream",
+                "tests.mockupstream",
                 "--port",
                 str(self.port),
                 "--api-key",
