@@ -70,3 +70,12 @@ def validate_currency(value: str) -> None:
 def validate_country(value: str) -> None:
     if value and (len(value) != 2 or not set(value) <= _COUNTRY_CHARS):
         raise ValidationError(f"'{value}' is not an ISO 3166 country code: two capitals, e.g. DE, KR, US.")
+
+
+def usd_cents(amount: Decimal | None) -> str:
+    """A USD amount for a list: to the cent, half-up, e.g. ``$1,234.57`` (``—`` for none).
+    Detail pages show the amount in full."""
+    if amount is None:
+        return "—"
+    rounded = round_money(Decimal(amount), USD)
+    return f"{'-' if rounded < 0 else ''}${abs(rounded):,.2f}"

@@ -25,6 +25,12 @@ v1: list[URLPattern | URLResolver] = [
     re_path(r"^[\s\S]*$", proxy_views.json_not_found),
 ]
 
+# The admin is Tollway's, not "Django administration".
+admin.site.site_header = "Tollway administration"
+admin.site.site_title = "Tollway admin"
+admin.site.index_title = "Providers, models, tenants and billing"
+admin.site.enable_nav_sidebar = False  # its 300 px are the lists' right-hand columns at 1280 px
+
 urlpatterns = [
     path("v1/", include((v1, "v1"))),
     # The seed article's prefix, so its clients work unchanged.
