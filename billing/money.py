@@ -79,3 +79,10 @@ def usd_cents(amount: Decimal | None) -> str:
         return "—"
     rounded = round_money(Decimal(amount), USD)
     return f"{'-' if rounded < 0 else ''}${abs(rounded):,.2f}"
+
+
+def usd_rate(rate: Decimal) -> str:
+    """A price per million tokens as people write it: at least to the cent, exact beyond
+    (``9.60``, ``0.504``, ``10.00``), never ``9.600000`` or ``1E+1``."""
+    exact = format(Decimal(rate).normalize(), "f")
+    return f"{Decimal(rate):.2f}" if "." not in exact or len(exact.split(".")[1]) < 2 else exact
