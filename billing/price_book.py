@@ -8,8 +8,10 @@ price calls were billed at is read-only, and the way to change what a model cost
 schedule a new price that starts now or later. Moving the first price of a model further
 back (as ``seeddemo --history`` does) is allowed while no call falls in the new span.
 
-A ledger row carries the instant its call started, a moment before it was priced, so the
-spans are widened by ``SLACK`` at their start.
+A ledger row carries the instant its call was admitted, a moment after the route priced
+it (``proxy.views._run``: the route first, then the call), so a span is widened by
+``SLACK`` at its end: a call priced just before a span ended may carry an instant just
+after. A call before a span's start was priced before it, and never counts.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from django.db.models import Q
 from billing.models import Price, UsageRecord
 
 RATES = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "request_fee")
-SLACK = timedelta(seconds=60)
+SLACK = timedelta(seconds=1)
 
 Rates = tuple[Decimal | None, ...]
 Span = tuple[datetime, datetime | None]
@@ -79,8 +81,8 @@ def billed_in(*, model_id: int, spans: Iterable[Span]) -> bool:
     """Whether any call of the model was billed within one of ``spans``."""
     where = Q(pk__in=[])
     for start, end in spans:
-        span = Q(created_at__gte=start - SLACK)
-        where |= span & Q(created_at__lt=end) if end is not None else span
+        span = Q(created_at__gte=start)
+        where |= span & Q(created_at__lt=end + SLACK) if end is not None else span
     return UsageRecord.objects.filter(model_id=model_id).filter(where).exists()
 
 
