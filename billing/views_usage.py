@@ -182,7 +182,7 @@ def _csv_lines(rows: QuerySet[UsageRecord]) -> Iterator[str]:
         "cache_hit",
         "latency_ms",
     )
-    for row in rows.values_list(*fields).iterator(chunk_size=CSV_CHUNK):
+    for row in _in_batches(rows, fields):
         at, request_id, model, requested, api, key_id, last4, key_name, user, *rest = row
         display = f"tlw_{key_id}_…{last4}" if key_id else ""
         yield writer.writerow(
@@ -200,11 +200,25 @@ def _csv_lines(rows: QuerySet[UsageRecord]) -> Iterator[str]:
         )
 
 
+def _in_batches(rows: QuerySet[UsageRecord], fields: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+    """``rows`` (newest first) in keyset batches of ``CSV_CHUNK``: memory stays at one batch
+    whether or not the database allows server-side cursors (PgBouncer does not)."""
+    batch = rows
+    while True:
+        chunk = list(batch.values_list("pk", *fields)[:CSV_CHUNK])
+        for _pk, *values in chunk:
+            yield tuple(values)
+        if len(chunk) < CSV_CHUNK:
+            return
+        pk, at = chunk[-1][0], chunk[-1][1]
+        batch = rows.filter(Q(created_at__lt=at) | Q(created_at=at, pk__lt=pk))
+
+
 @member_required()
 def usage_csv(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """The same rows as the request log, with the same filters, all of them, as CSV. It is
-    streamed: rows are read in chunks and sent as they are written, so a month of a busy
-    tenant needs no more memory than one chunk."""
+    streamed: rows are read in batches and sent as they are written, so a month of a busy
+    tenant needs no more memory than one batch."""
     membership: Membership = request.membership  # type: ignore[attr-defined]
     tenant = membership.tenant
     try:
