@@ -68,7 +68,7 @@ class Recorder:
     """Keeps the last requests received, for ``/_debug/requests``, and counts them all,
     for ``/_debug/stats``."""
 
-    AUTH_HEADERS = ("authorization", "x-api-key", "anthropic-version", "x-goog-api-key")
+    AUTH_HEADERS = ("authorization", "x-api-key", "anthropic-version", "anthropic-beta", "x-goog-api-key")
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -172,6 +172,10 @@ class AnthropicUpstream(FixtureUpstream):
     def handle(self, environ: dict[str, Any], start_response: StartResponse, body: Any) -> Iterable[bytes]:
         if self.api_key and environ.get("HTTP_X_API_KEY") != self.api_key:
             return self.error(start_response, 401)
+        if environ.get("PATH_INFO") == "/v1/messages/count_tokens" and environ.get("REQUEST_METHOD") == "POST":
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or "max_tokens" in body:
+                return self.error(start_response, 400)
+            return respond_json(start_response, 200, json.loads(self.fixture("count_tokens.json")))
         if environ.get("PATH_INFO") != "/v1/messages" or environ.get("REQUEST_METHOD") != "POST":
             return self.error(start_response, 404)
         if not isinstance(body, dict) or not body.get("max_tokens") or not isinstance(body.get("messages"), list):
