@@ -57,6 +57,8 @@ def body(exc: TollwayError, request_id: str | None = None) -> dict[str, Any]:
 def error_response(exc: TollwayError, request_id: str | None = None) -> JsonResponse:
     status, _ = status_and_type(exc)
     response = JsonResponse(body(exc, request_id), status=status)
+    if status == 529:
+        response.reason_phrase = "Overloaded"  # not in Python's table of statuses
     for name, value in exc.headers.items():
         if name.lower() != "www-authenticate":  # Anthropic sends none; its SDKs want none
             response[name] = value

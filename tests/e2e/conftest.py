@@ -15,8 +15,9 @@ from django.conf import settings
 from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, wait_for_http
 
 
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
-    """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
+def serve(env: dict[str, str], *, wait: float = 20.0) -> tuple[subprocess.Popen[Any], str]:
+    """Start gunicorn with exactly ``env`` (plus its port), as an operator would; ``wait``
+    is how long it may take to boot (longer on a loaded machine)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
@@ -24,7 +25,7 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
         env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
     )
     base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/health", proc=proc)
+    wait_for_http(f"{base}/health", timeout=wait, proc=proc)
     return proc, base
 
 
