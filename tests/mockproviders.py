@@ -25,6 +25,10 @@ Otherwise the request's shape picks the fixture:
   ``thoughtSignature``); ``tools`` → ``function_call``;
   ``generationConfig.responseLogprobs`` → ``logprobs``; else ``generate_content``.
 
+The Anthropic one also answers ``POST /v1/messages/count_tokens`` from
+``count_tokens.json`` (refusing a body with ``max_tokens``, as Anthropic does), and records
+``anthropic-beta`` with the other auth headers.
+
 Like the real APIs, they refuse (400, in the provider's words) what those refuse and
 Tollway must never send: Gemini a tool schema keyword outside its ``Schema`` subset, or a
 Gemini 3 function call sent back without its ``thoughtSignature``; Anthropic a thinking

@@ -24,7 +24,7 @@ from tests.e2e.conftest import serve
 
 pytestmark = pytest.mark.live
 
-WEATHER_TOOL: dict[str, Any] = {
+WEATHER_TOOL: Any = {  # the SDK types its params as TypedDicts; these are plain JSON
     "name": "get_weather",
     "description": "Get the current weather in a given location",
     "input_schema": {
@@ -33,7 +33,7 @@ WEATHER_TOOL: dict[str, Any] = {
         "required": ["location"],
     },
 }
-QUESTION = {"role": "user", "content": "What's the weather like in San Francisco?"}
+QUESTION: Any = {"role": "user", "content": "What's the weather like in San Francisco?"}
 SESSION = json.loads((ROOT / "tests/fixtures/claude_code/session.json").read_text())
 
 
@@ -69,6 +69,12 @@ def client(gateway: str, key: services.CreatedKey) -> Iterator[anthropic.Anthrop
     sdk = anthropic.Anthropic(base_url=gateway, api_key=key.plaintext, max_retries=0, timeout=30)
     yield sdk
     sdk.close()
+
+
+def text_of(message: anthropic.types.Message) -> str:
+    block = message.content[0]
+    assert block.type == "text"
+    return block.text
 
 
 def row(request_id: str) -> UsageRecord:
@@ -107,7 +113,7 @@ def test_through_an_anthropic_deployment_the_body_passes_through_and_is_billed_e
         "anthropic-version": raw.http_request.headers["anthropic-version"],  # the SDK's own
         "anthropic-beta": "prompt-caching-2024-07-31",
     }
-    assert message.content[0].text == "Hello! How can I help you today?"
+    assert text_of(message) == "Hello! How can I help you today?"
     assert (message.model, message.stop_reason, message.id) == (
         "claude-http",
         "end_turn",
@@ -131,7 +137,7 @@ def test_through_an_anthropic_deployment_the_body_passes_through_and_is_billed_e
         final = stream.get_final_message()
         request_id = stream.response.headers["x-request-id"]
     assert anthropic_upstream.last()["body"] == {**sent, "model": "claude-sonnet-4-20250514", "stream": True}
-    assert final.content[0].text == message.content[0].text
+    assert text_of(final) == text_of(message)
     assert final.usage.cache_read_input_tokens == 1800 and final.usage.output_tokens == 15
     streamed = row(request_id)
     same_bill(streamed, plain)
@@ -158,7 +164,7 @@ def test_tool_use_over_two_turns_and_thinking_pass_through(
     assert streamed_call.input == call.input  # input_json_delta assembled by the SDK
 
     # thinking: the signed block comes back whole, and goes back on the next turn
-    thinking = {"type": "enabled", "budget_tokens": 1024}
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
     reply = client.messages.create(model="claude-http", max_tokens=2048, thinking=thinking, messages=[QUESTION])
     block = reply.content[0]
     assert block.type == "thinking" and block.signature.startswith("EqQBCgIYAhIM")
@@ -275,7 +281,7 @@ def test_through_an_openai_compatible_deployment_the_request_is_translated_both_
         final = stream.get_final_message()
         request_id = stream.response.headers["x-request-id"]
     assert mock_upstream.last()["body"]["stream_options"] == {"include_usage": True}
-    assert final.content[0].text == message.content[0].text
+    assert text_of(final) == text_of(message)
     assert final.usage.input_tokens == message.usage.input_tokens
     same_bill(row(request_id), plain)
 

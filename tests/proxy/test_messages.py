@@ -12,10 +12,11 @@ import pytest
 from django.test import Client
 
 from billing.models import UsageRecord
-from proxy import tokens
+from proxy import attempts, tokens
 from proxy.messages.parse import prompt_messages
+from proxy.models import Deployment, Provider
 from tenants.services import CreatedKey
-from tests.conftest import Catalog
+from tests.conftest import Catalog, Upstream
 
 pytestmark = pytest.mark.django_db
 
@@ -226,3 +227,32 @@ def test_count_tokens_without_an_anthropic_deployment_is_tollways_estimate_and_f
 
 def test_the_api_prefix_serves_it_too(client: Client, key: CreatedKey, catalog: Catalog) -> None:
     assert post(client, HELLO, key=key.plaintext, path="/api/v1/messages").status_code == 200
+
+
+def test_a_failing_anthropic_deployment_is_retried_on_the_next_before_the_first_byte(
+    client: Client, key: CreatedKey, catalog: Catalog, anthropic_upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a model whose first deployment is overloaded (529) and whose second answers
+    monkeypatch.setattr(attempts, "sleep", lambda seconds: None)
+    model = catalog.add_http_model(
+        "claude-retry", anthropic_upstream, "mock-error-529", ("3", "15"), kind=Provider.Kind.ANTHROPIC
+    )
+    provider = Deployment.objects.get(model=model).provider
+    Deployment.objects.create(model=model, provider=provider, upstream_model="claude-sonnet-4-20250514", priority=1)
+
+    # when a streamed Messages call comes
+    response = post(client, {**HELLO, "model": "claude-retry", "stream": True}, key=key.plaintext)
+
+    # then the client sees only the second deployment's stream, passed through, and one row
+    assert response.status_code == 200 and response["x-tollway-attempts"] == "2"
+    events = events_of(response)
+    assert (events[0][0], events[-1][0]) == ("message_start", "message_stop")
+    assert events[0][1]["message"]["model"] == "claude-retry"
+    row = UsageRecord.objects.get()
+    assert (row.attempts, row.upstream_model, row.input_tokens, row.output_tokens) == (
+        2,
+        "claude-sonnet-4-20250514",
+        2025,
+        15,
+    )
+    assert (row.cached_input_tokens, row.cache_write_tokens, row.usage_estimated) == (1800, 200, False)
