@@ -249,10 +249,17 @@ def test_a_gemini_deployment_answers_through_its_own_adapter(
     # the Gemini adapter's own schema cut: Claude Code's $schema and additionalProperties are gone
     parameters = sent["body"]["tools"][0]["functionDeclarations"][0]["parameters"]
     assert "$schema" not in parameters and "additionalProperties" not in parameters
+    # the model calls a tool (the fixture's function call): a tool_use block, stop_reason tool_use
     message = response.json()
-    assert message["content"] == [{"type": "text", "text": "The sky is blue because of Rayleigh scattering."}]
+    (block,) = message["content"]
+    assert (block["type"], block["name"], block["input"]) == (
+        "tool_use",
+        "get_weather",
+        {"location": "San Francisco, CA", "unit": "celsius"},
+    )
+    assert block["id"] and message["stop_reason"] == "tool_use"
     row = UsageRecord.objects.get()
     usage = message["usage"]
-    assert row.api == "messages" and row.cached_input_tokens == usage["cache_read_input_tokens"] == 8
-    assert row.input_tokens == usage["input_tokens"] + usage["cache_read_input_tokens"] == 12
-    assert row.output_tokens == usage["output_tokens"]
+    assert row.api == "messages" and not row.usage_estimated
+    assert row.input_tokens == usage["input_tokens"] + usage["cache_read_input_tokens"] == 64
+    assert row.output_tokens == usage["output_tokens"] == 21
