@@ -32,6 +32,10 @@ class MessagesRequest(parse.ChatRequest):
     version: str = DEFAULT_VERSION  # the client's anthropic-version
     betas: str = ""  # the client's anthropic-beta, passed on to Anthropic
 
+    @property
+    def prompt_tokens(self) -> int | None:
+        return None  # a Messages prompt is text, never token ids: Tollway counts it
+
 
 def _invalid(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
