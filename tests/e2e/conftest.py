@@ -12,7 +12,7 @@ import openai
 import pytest
 from django.conf import settings
 
-from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, wait_for_http
+from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, stop, wait_for_http
 
 
 def serve(env: dict[str, str], *, wait: float = 20.0) -> tuple[subprocess.Popen[Any], str]:
@@ -25,7 +25,11 @@ def serve(env: dict[str, str], *, wait: float = 20.0) -> tuple[subprocess.Popen[
         env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
     )
     base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/health", timeout=wait, proc=proc)
+    try:
+        wait_for_http(f"{base}/health", timeout=wait, proc=proc)
+    except BaseException:
+        stop(proc)  # one that never answered must not hold the test database's connections
+        raise
     return proc, base
 
 
