@@ -12,12 +12,11 @@ import openai
 import pytest
 from django.conf import settings
 
-from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, stop, wait_for_http
+from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, wait_for_http
 
 
-def serve(env: dict[str, str], *, wait: float = 20.0) -> tuple[subprocess.Popen[Any], str]:
-    """Start gunicorn with exactly ``env`` (plus its port), as an operator would; ``wait``
-    is how long it may take to boot (longer on a loaded machine)."""
+def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
+    """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
@@ -25,11 +24,7 @@ def serve(env: dict[str, str], *, wait: float = 20.0) -> tuple[subprocess.Popen[
         env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
     )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/health", timeout=wait, proc=proc)
-    except BaseException:
-        stop(proc)  # one that never answered must not hold the test database's connections
-        raise
+    wait_for_http(f"{base}/health", proc=proc)
     return proc, base
 
 

@@ -57,7 +57,7 @@ def gateway(
     for status in (400, 401, 429, 500, 529):
         add(f"claude-error-{status}", anthropic_upstream, f"mock-error-{status}", kind=kind)
     add("gpt-http", mock_upstream, "gpt-4.1", ("8", "32"))
-    proc, base = serve(production_env, wait=120)
+    proc, base = serve(production_env)
     try:
         yield base
     finally:
