@@ -10,6 +10,7 @@ from billing import views_web as billing_pages
 from config.middleware import is_api_path
 from proxy import views as proxy_views
 from proxy import views_web as proxy_pages
+from proxy.messages import views as messages_views
 from tenants import web as tenant_pages
 
 v1: list[URLPattern | URLResolver] = [
@@ -17,6 +18,9 @@ v1: list[URLPattern | URLResolver] = [
     path("completions", proxy_views.completions, name="completions"),
     path("embeddings", proxy_views.embeddings, name="embeddings"),
     path("models", proxy_views.models_list, name="models"),
+    # Anthropic's Messages API (Claude Code, the anthropic SDKs): proxy/messages/.
+    path("messages", messages_views.messages, name="messages"),
+    path("messages/count_tokens", messages_views.count_tokens, name="messages-count-tokens"),
     path("models/<path:model>", proxy_views.model_detail, name="model-detail"),
     path("", include("tenants.urls")),
     path("", include("billing.urls")),
