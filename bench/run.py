@@ -74,9 +74,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -770,16 +772,33 @@ def start_litellm(instant_port: int, slow_url: str) -> Peer:
     )
     port = free_port()
     proc = subprocess.Popen(
-        [str(venv / "bin" / "litellm"), "--config", str(config), "--port", str(port), "--num_workers", "2"],
+        [
+            *(str(venv / "bin" / "litellm"), "--config", str(config), "--port", str(port), "--num_workers", "2"),
+            # uvicorn kills a worker that does not answer its health check within 5 s; a
+            # worker still importing LiteLLM on a busy box would be killed and restarted forever.
+            *("--timeout_worker_healthcheck", "120"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=open(STATE / "litellm.log", "wb"),  # noqa: SIM115  # the child holds it
-        # Its bundled price map: no fetch from GitHub at start (the box may be offline).
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        env=peer_env(),
     )
-    wait_port(port, timeout=300)
+    try:
+        wait_port(port, timeout=300, proc=proc)  # its log: var/bench/litellm.log
+    except BaseException:
+        proc.terminate()  # not yet in main's list of processes to stop
+        proc.wait(30)
+        raise
     peer = Peer(proc=proc, port=port, key=master_key, version=_litellm_version())
     wrk(peer.url, connections=8, seconds=2, body=INSTANT_BODY, token=peer.key)  # warm
     return peer
+
+
+def peer_env() -> dict[str, str]:
+    """LiteLLM's environment: none of ours. It reads ``DATABASE_URL`` and ``REDIS_URL``
+    itself and would then want a database; it uses its bundled price map rather than
+    fetching one from GitHub at start (the box may be offline)."""
+    kept = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+    return {**kept, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
 def _litellm_version() -> str:
