@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -178,6 +180,20 @@ def start_slow_upstream() -> tuple[subprocess.Popen[bytes], int]:
     )
     wait_port(port)
     return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process the benchmark started, and its children: politely, then not (LiteLLM
+    waits for its open streams on SIGTERM)."""
+    tree = process_tree([proc.pid])
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(15)
 
 
 def nginx_binary() -> str:
@@ -785,8 +801,7 @@ def start_litellm(instant_port: int, slow_url: str) -> Peer:
     try:
         wait_port(port, timeout=300, proc=proc)  # its log: var/bench/litellm.log
     except BaseException:
-        proc.terminate()  # not yet in main's list of processes to stop
-        proc.wait(30)
+        stop(proc)  # not yet in main's list of processes to stop
         raise
     peer = Peer(proc=proc, port=port, key=master_key, version=_litellm_version())
     wrk(peer.url, connections=8, seconds=2, body=INSTANT_BODY, token=peer.key)  # warm
@@ -1016,8 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack_down(env)
         for proc in procs:
-            proc.terminate()
-            proc.wait(30)
+            stop(proc)
     report.targets = verdicts(report)
     print_table(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
