@@ -85,3 +85,9 @@ def test_cpu_time_of_a_process_tree_comes_from_proc() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_peer_that_completes_no_stream_is_said_so() -> None:
+    p2 = {"tollway": stream_row(0), "litellm": stream_row(0)}
+    verdict = bench.verdicts(report(p2=p2))["P2"]
+    assert verdict.startswith("short") and "LiteLLM completed no stream" in verdict
