@@ -142,8 +142,8 @@ def batches_sweep(*, include_held: bool = False) -> list[tuple[int, float]]:
             if include_held:
                 found.append((pk, (lease_until - now).total_seconds() + 0.5))
             continue
-        if lease_until is None and nudged_at is not None and nudged_at > now - NUDGE_GRACE:
-            continue  # waiting in the queue
+        if not include_held and lease_until is None and nudged_at is not None and nudged_at > now - NUDGE_GRACE:
+            continue  # waiting in the queue (at a worker's start, its message may have died with a worker)
         found.append((pk, 0.0))
         nudged(pk)
     return found
@@ -257,6 +257,7 @@ def _run_chunk(batch: Batch) -> bool:
         while running:
             _, running = wait(running, timeout=renew_every, return_when=FIRST_COMPLETED)
             _renew(batch.pk)
+            slots.renew()
             status = Batch.objects.filter(pk=batch.pk).values_list("status", flat=True).first()
             if status != Batch.Status.IN_PROGRESS:
                 stop.set()  # cancelled: lines in flight finish; no new one starts

@@ -16,6 +16,6 @@ def resume_batches(**_: Any) -> None:
     from batches import tasks
 
     try:
-        tasks.tick.delay()
+        tasks.tick.delay(include_held=True)
     except Exception as exc:  # a worker must start even if this fails; the beat retries
         log.error("batches: could not resume batches at start: %r", exc)

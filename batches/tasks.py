@@ -45,9 +45,11 @@ def run_batch(batch_id: int) -> None:
 
 
 @shared_task(name="batches.tick", ignore_result=True)
-def tick() -> int:
-    """Expire batches past their window, and enqueue again those whose worker died."""
-    resumed = runner.batches_sweep()
+def tick(include_held: bool = False) -> int:
+    """Enqueue again the batches whose worker died, and those past their window (a run
+    expires them). ``include_held`` at a worker's start: also those whose lease still
+    holds, to run when it lapses, for the worker that held it may be the one that died."""
+    resumed = runner.batches_sweep(include_held=include_held)
     for batch_id, wait in resumed:
         run_batch.apply_async(args=(batch_id,), countdown=wait)
     return len(resumed)

@@ -110,7 +110,7 @@ def test_a_file_with_bad_lines_fails_the_batch_with_their_numbers_and_costs_noth
 
 def test_bad_batch_requests_are_400s(batch_api: BatchApi, catalog: Catalog) -> None:
     file_id = batch_api.upload(jsonl([chat_line("a")])).json()["id"]
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"endpoint": "/v1/images"}, "endpoint"),
         ({"completion_window": "1h"}, "completion_window"),
         ({"metadata": {"k": 1}}, "metadata"),
@@ -191,7 +191,7 @@ def test_a_worker_killed_mid_batch_is_resumed_and_no_line_is_billed_twice(
     three, four = BatchLine.objects.filter(batch=batch, line__in=[3, 4]).order_by("line")
     BatchLine.objects.filter(pk__in=[three.pk, four.pk]).update(status="running", attempts=1)
     three.refresh_from_db()
-    body, cost = runner.line_execute(batch=batch, line=three)
+    _, cost = runner.line_execute(batch=batch, line=three)
     Batch.objects.filter(pk=batch.pk).update(lease_until=timezone.now() + timedelta(seconds=60))
     # Then nobody else takes it while the lease holds
     assert not runner.batch_run(batch_id=batch.pk).more
