@@ -27,10 +27,12 @@ from tests.e2e.conftest import serve
 pytestmark = pytest.mark.live
 
 
+WORKER = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "batches", "--pool", "solo"]
+
+
 def _worker(env: dict[str, str]) -> subprocess.Popen[Any]:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "batches", "--pool", "solo"]
-        + ["-l", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        [*WORKER, "-l", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
         cwd=ROOT,
         env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
     )
