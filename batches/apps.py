@@ -8,3 +8,7 @@ class BatchesConfig(AppConfig):
 
     def ready(self) -> None:
         from batches import signals  # noqa: F401  # resume batches when a worker starts
+        from batches.views_web import batches_panel
+        from tenants.extensions import dashboard_panel
+
+        dashboard_panel(batches_panel)

@@ -20,6 +20,7 @@ from billing import admission, alerts, charts
 from billing.documents import invoice_filename, invoice_pdf
 from billing.models import Invoice, UsageRecord
 from billing.selectors import daily_cost_by_model, tenant_money
+from tenants import extensions
 from tenants import selectors as tenant_selectors
 from tenants.models import Membership, Tenant
 from tenants.web import member_required
@@ -93,6 +94,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "refusing": alerts.refusing(tenant.pk),
             "contacts": (alerts.configs.get(str(tenant.pk)) or alerts.AlertConfig(None, (), None, "")).contacts,
             "keys": keys,
+            # Other apps' panels (tenants.extensions), e.g. the Batch API's batches and their cost.
+            "panels": [mark_safe(panel(tenant)) for panel in extensions.dashboard_panels],  # noqa: S308  # rendered templates
         },
     )
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from batches import runner
@@ -16,6 +17,7 @@ from billing.models import Price, UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, charge_of
 from tests.batches.conftest import BatchApi, chat_line, jsonl
 from tests.conftest import Catalog
+from tests.pages import member
 
 
 def _price(factor: str = "1") -> PriceSnapshot:
@@ -263,3 +265,18 @@ def test_invoices_show_batch_usage_as_its_own_lines(
     batch_rows = UsageRecord.objects.filter(batch_id=batch["id"])
     assert lines["gpt-4.1 (Batch API)"].exact_usd == sum(row.cost for row in batch_rows)
     assert lines["gpt-4.1 (Batch API)"].input_price_per_mtok == Decimal("4")  # half of 8
+
+
+def test_the_dashboard_shows_each_batch_and_its_cost_so_far(
+    batch_api: BatchApi, catalog: Catalog, eager: None, tenant: Any, other_tenant: Any
+) -> None:
+    batch = _start(batch_api, [chat_line("a"), chat_line("b")])
+    cost = Batch.objects.get(public_id=batch["id"]).cost
+    member(tenant, "olivia")
+    member(other_tenant, "gus")
+    client = batch_api.client
+    client.force_login(get_user_model().objects.get(username="olivia"))
+    page = client.get("/dashboard/").content.decode()
+    assert batch["id"] in page and f"{cost:.6f}" in page and "2 / 0 / 2" in page
+    client.force_login(get_user_model().objects.get(username="gus"))
+    assert batch["id"] not in client.get("/dashboard/").content.decode()
