@@ -146,6 +146,7 @@ class PriceInline(admin.TabularInline):
         "cached_input_per_mtok",
         "cache_write_per_mtok",
         "request_fee",
+        "batch_factor",
     )
     readonly_fields = ("state",)
     ordering = ("-effective_from",)
@@ -190,6 +191,7 @@ class PriceAdmin(admin.ModelAdmin):
         "output_per_mtok",
         "cached_input_per_mtok",
         "request_fee",
+        "batch_factor",
     )
     list_filter = (PriceStateFilter, "model")
     list_select_related = ("model",)
@@ -277,7 +279,7 @@ class UsageRecordAdmin(AppendOnly, admin.ModelAdmin):
 
     list_display = ("created_at", "tenant", "model", "provider", "tokens", "charged", "outcome", "how", "latency_ms")
     list_filter = ("streamed", "outcome", "usage_estimated", "model")
-    search_fields = ("=request_id", "tenant__slug")  # exact: the unique index answers it
+    search_fields = ("=request_id", "tenant__slug", "=batch_id")  # exact: the unique index answers it
     list_select_related = ("tenant", "model")
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over millions of rows

@@ -685,3 +685,16 @@ def reserved_total(tenant_id: int) -> Decimal:
         with contextlib.suppress(RedisError):
             held += from_micro(int(_redis().get(f"tw:resv:t{tenant_id}") or 0))
     return held
+
+
+def reservation_forget(*, request_id: str, tenant_id: int, api_key_id: int | None) -> None:
+    """Give back a reservation a dead worker left for ``request_id``, before the same
+    request is run again under that id (a Batch API line resumed after its worker was
+    killed): the new attempt takes its own, and the old one must not stay held until the
+    sweeper. Never bills: a row the dead attempt wrote stands, and the new one is not added."""
+    if settings.REDIS_URL:
+        try:
+            _settle(request_id, tenant_id, api_key_id, "", "redis", cost=Decimal(0), tokens=0, counted=False)
+        except RedisError as exc:
+            log.warning("admission: could not forget reservation %s: %r", request_id, exc)
+    Reservation.objects.filter(request_id=request_id).delete()

@@ -43,7 +43,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.db.models import BooleanField, Case, Count, Max, Min, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
@@ -196,7 +196,11 @@ def _rebuild_lines(invoice: Invoice) -> None:
     tz = zoneinfo.ZoneInfo(tenant.timezone)
     groups = (
         invoice_rows(invoice)
-        .annotate(month=TruncMonth("created_at", tzinfo=tz))
+        .annotate(
+            month=TruncMonth("created_at", tzinfo=tz),
+            # Batch API lines are their own invoice lines, at their own (discounted) rates.
+            batch=Case(When(batch_id="", then=Value(False)), default=Value(True), output_field=BooleanField()),
+        )
         .values(
             "month",
             "model_id",
@@ -204,6 +208,8 @@ def _rebuild_lines(invoice: Invoice) -> None:
             "cached_input_price_per_mtok",
             "output_price_per_mtok",
             "markup_percent",
+            "batch",
+            "price_factor",
         )
         .annotate(
             n=Count("id"),
@@ -224,9 +230,11 @@ def _rebuild_lines(invoice: Invoice) -> None:
     seen: dict[int, dict[str, Any]] = {}  # id(line) -> its group, to label repeated models
     for g in groups:
         month = f"{g['month']:%Y-%m}"
-        factor = markup_factor(g["markup_percent"])
+        factor = markup_factor(g["markup_percent"]) * g["price_factor"]
         late = month != invoice.period
         name = names.get(g["model_id"], str(g["model_id"]))
+        if g["batch"]:
+            name = f"{name} (Batch API)"
         line = InvoiceLine(
             invoice=invoice,
             kind=InvoiceLine.Kind.ADJUSTMENT if late else InvoiceLine.Kind.USAGE,
@@ -311,9 +319,9 @@ def _pct(value: Decimal) -> str:
 def _label_repeats(lines: list[InvoiceLine], groups: dict[int, dict[str, Any]], tz: zoneinfo.ZoneInfo) -> None:
     """Say why a model appears more than once: a new list price, or a changed plan markup,
     from the local day it took effect; each such line also names the days it covers."""
-    by_model: dict[tuple[int | None, str], list[InvoiceLine]] = {}
-    for line in lines:
-        by_model.setdefault((line.model_id, line.usage_period), []).append(line)
+    by_model: dict[tuple[int | None, str, bool], list[InvoiceLine]] = {}
+    for line in lines:  # a model's batch lines are labelled apart from its live ones
+        by_model.setdefault((line.model_id, line.usage_period, groups[id(line)]["batch"]), []).append(line)
     for same in by_model.values():
         if len(same) < 2:
             continue

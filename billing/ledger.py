@@ -44,6 +44,7 @@ class UsageEntry:
     cache_hit: bool = False
     markup_percent: Decimal = Decimal(0)
     api: str = UsageRecord.Api.CHAT
+    batch_id: str = ""  # a Batch API line's batch; its price carries the batch factor
 
 
 class LedgerWriteInterrupted(RuntimeError):
@@ -104,6 +105,8 @@ def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
         requested_model=entry.requested_model,
         cache_hit=entry.cache_hit,
         api=entry.api,
+        batch_id=entry.batch_id,
+        price_factor=entry.price.factor,
     )
     return cost, _insert_once(row)
 
@@ -315,6 +318,7 @@ def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) ->
         output_per_mtok=Decimal(record["output_price"]),
         effective_from=datetime.fromisoformat(record["price_from"]),
         request_fee=Decimal(record.get("request_fee", "0")),
+        factor=Decimal(record.get("price_factor", "1")),
     )
     cost, inserted = usage_record_create(
         entry=UsageEntry(
@@ -333,6 +337,7 @@ def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) ->
             latency_ms=0,
             markup_percent=Decimal(record.get("markup_percent", "0")),
             api=record.get("api", UsageRecord.Api.CHAT),
+            batch_id=record.get("batch_id", ""),
         )
     )
     if not inserted:

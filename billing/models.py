@@ -77,6 +77,14 @@ class Price(models.Model):
         default=0,
         help_text="USD charged per request on top of the tokens (optional)",
     )
+    batch_factor = models.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        default=Decimal("0.5"),
+        db_default=Decimal("0.5"),
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="The share of this price a Batch API line pays (/v1/batches): 0.5 = half price, 1 = no discount",
+    )
     effective_from = models.DateTimeField(
         default=timezone.now,
         help_text="The price runs from here until the model's next price starts. Two prices of a model "
@@ -99,6 +107,10 @@ class Price(models.Model):
                 & (models.Q(cache_write_per_mtok__isnull=True) | models.Q(cache_write_per_mtok__gte=0))
                 & models.Q(request_fee__gte=0),
                 name="price_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(batch_factor__gte=0) & models.Q(batch_factor__lte=1),
+                name="price_batch_factor_share",
             ),
         ]
 
@@ -214,6 +226,18 @@ class UsageRecord(models.Model):
     # their default says chat.
     api = models.CharField(
         max_length=16, choices=Api.choices, default=Api.CHAT, db_default=Api.CHAT, help_text="The inbound API called"
+    )
+    # A Batch API line (/v1/batches): its batch, and the share of the price it paid
+    # (Price.batch_factor at the time). ``api`` is the line's endpoint, as for a live call.
+    batch_id = models.CharField(
+        max_length=64, blank=True, default="", db_default="", help_text="The batch this line belonged to, if any"
+    )
+    price_factor = models.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        default=Decimal(1),
+        db_default=Decimal(1),
+        help_text="The share of the list price charged: 1 for live calls, the batch factor for batch lines",
     )
 
     class Meta:

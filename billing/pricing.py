@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -24,6 +24,14 @@ class PriceSnapshot:
     cached_input_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
     request_fee: Decimal = Decimal(0)
+    # The share of the list price a Batch API line pays (``Price.batch_factor``), and the
+    # share this snapshot charges: 1 for a live call, ``batch_factor`` once :meth:`for_batch`.
+    batch_factor: Decimal = Decimal("0.5")
+    factor: Decimal = Decimal(1)
+
+    def for_batch(self) -> PriceSnapshot:
+        """This price as a batch line pays it: the tenant's cost times ``batch_factor``."""
+        return replace(self, factor=self.batch_factor)
 
     @property
     def cached_input_rate(self) -> Decimal:
@@ -93,11 +101,15 @@ class Charge:
 
 
 def charge_of(usage: TokenUsage, price: PriceSnapshot, *, markup_percent: Decimal = Decimal(0)) -> Charge:
-    """The tenant's price (list x (1 + markup/100)) and our list cost, each rounded once from
-    the exact amount, so neither inherits the other's rounding."""
+    """The tenant's price (list x price factor x (1 + markup/100)) and our list cost, each
+    rounded once from the exact amount, so neither inherits the other's rounding.
+
+    The price factor (``PriceSnapshot.factor``, below 1 for a Batch API line) is a discount
+    to the tenant only: Tollway runs a batch line as an ordinary call upstream, so what the
+    provider costs us stays the list cost."""
     raw = _list_raw(usage, price)
     return Charge(
-        cost=(raw * markup_factor(markup_percent)).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
+        cost=(raw * price.factor * markup_factor(markup_percent)).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
         upstream_cost=raw.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
     )
 

@@ -41,6 +41,7 @@ def price_snapshots(*, model_id: int) -> list[PriceSnapshot]:
             cached_input_per_mtok=p.cached_input_per_mtok,
             cache_write_per_mtok=p.cache_write_per_mtok,
             request_fee=p.request_fee,
+            batch_factor=p.batch_factor,
         )
         for p in prices
     ]

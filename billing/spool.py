@@ -146,6 +146,7 @@ def _entry_json(entry: UsageEntry) -> dict[str, Any]:
             "cached_input_per_mtok": _dec(price.cached_input_per_mtok),
             "cache_write_per_mtok": _dec(price.cache_write_per_mtok),
             "request_fee": str(price.request_fee),
+            "factor": str(price.factor),
         },
         "usage_estimated": entry.usage_estimated,
         "streamed": entry.streamed,
@@ -155,6 +156,8 @@ def _entry_json(entry: UsageEntry) -> dict[str, Any]:
         "requested_model": entry.requested_model,
         "cache_hit": entry.cache_hit,
         "markup_percent": str(entry.markup_percent),
+        "api": entry.api,
+        "batch_id": entry.batch_id,
     }
 
 
@@ -177,6 +180,7 @@ def _entry_of(data: dict[str, Any]) -> UsageEntry:
             cached_input_per_mtok=_decimal_or_none(price["cached_input_per_mtok"]),
             cache_write_per_mtok=_decimal_or_none(price["cache_write_per_mtok"]),
             request_fee=Decimal(price["request_fee"]),
+            factor=Decimal(price.get("factor", "1")),  # rows spooled before batches have none
         ),
         usage_estimated=data["usage_estimated"],
         streamed=data["streamed"],
@@ -186,6 +190,8 @@ def _entry_of(data: dict[str, Any]) -> UsageEntry:
         requested_model=data["requested_model"],
         cache_hit=data["cache_hit"],
         markup_percent=Decimal(data["markup_percent"]),
+        api=data.get("api", "chat"),
+        batch_id=data.get("batch_id", ""),
     )
 
 

@@ -20,6 +20,7 @@ from billing import admission, alerts, charts
 from billing.documents import invoice_filename, invoice_pdf
 from billing.models import Invoice, UsageRecord
 from billing.selectors import daily_cost_by_model, tenant_money
+from tenants import extensions
 from tenants import selectors as tenant_selectors
 from tenants.forms import DashboardKeyForm
 from tenants.models import Membership, Tenant
@@ -96,6 +97,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "keys": keys,
             "key_form": DashboardKeyForm(),
             "now": timezone.now(),
+            # Other apps' panels (tenants.extensions), e.g. the Batch API's batches and their cost.
+            "panels": [mark_safe(panel(tenant)) for panel in extensions.dashboard_panels],  # noqa: S308  # rendered templates
         },
     )
 

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "tenants",
     "billing",
     "proxy",
+    "batches",
 ]
 
 MIDDLEWARE = [
@@ -237,6 +238,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 CELERY_TASK_EAGER_PROPAGATES = True
+# Batch API work has its own queue, so a large batch never holds up the scheduled work;
+# `make run`'s worker and `make stack`'s batch worker consume it (batches/tasks.py).
+CELERY_TASK_ROUTES = {"batches.*": {"queue": "batches"}}
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
@@ -252,6 +256,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "close-months": {"task": "billing.close_months", "schedule": 3600.0},
     "sweep-invoices": {"task": "billing.sweep_invoices", "schedule": 900.0},
     "monthly-reports": {"task": "billing.monthly_reports", "schedule": 6 * 3600.0},
+    # Batches: expire those past their window, and resume those whose worker died.
+    "batches-tick": {"task": "batches.tick", "schedule": env.float("TOLLWAY_BATCH_TICK_SECONDS", 30.0)},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -284,6 +290,35 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", str(VAR_DIR / "static")))
+
+# --- Batch API files (/v1/files) ----------------------------------------------------------
+# Stored through Django's storage API: on the local filesystem under var/files by default,
+# in S3-compatible object storage (django-storages) with TOLLWAY_FILES_STORAGE=s3.
+_FILES_STORAGE = env.choice("TOLLWAY_FILES_STORAGE", "filesystem", ["filesystem", "s3"])
+if _FILES_STORAGE == "s3":
+    _batch_files: dict[str, Any] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("TOLLWAY_FILES_S3_BUCKET"),
+            "endpoint_url": env.str("TOLLWAY_FILES_S3_ENDPOINT_URL") or None,
+            "region_name": env.str("TOLLWAY_FILES_S3_REGION") or None,
+            "access_key": env.str("TOLLWAY_FILES_S3_ACCESS_KEY_ID") or None,
+            "secret_key": env.str("TOLLWAY_FILES_S3_SECRET_ACCESS_KEY") or None,
+            "location": env.str("TOLLWAY_FILES_S3_PREFIX", "tollway-files"),
+            "default_acl": None,
+            "file_overwrite": False,
+        },
+    }
+else:
+    _batch_files = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": env.str("TOLLWAY_FILES_DIR", str(VAR_DIR / "files"))},
+    }
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "batch_files": _batch_files,
+}
 
 # The largest request body the app accepts; nginx's client_max_body_size matches it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("TOLLWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)
@@ -403,6 +438,16 @@ TOLLWAY: dict[str, Any] = {
     # price a hit is billed at (0 = free). Per tenant this belongs on the billing Plan.
     "RESPONSE_CACHE_SECONDS": env.int("TOLLWAY_RESPONSE_CACHE_SECONDS", 3600),
     "CACHE_HIT_PRICE_FACTOR": env.str("TOLLWAY_CACHE_HIT_PRICE_FACTOR", "0"),
+    # The Batch API (batches/): the largest file and the most requests in one, as OpenAI's;
+    # how many lines of one tenant run at once, and how many on one deployment, across every
+    # worker; lines a task runs before it hands the worker back (and re-enqueues itself);
+    # seconds a worker's claim on a batch lasts without renewal (then another resumes it).
+    "BATCH_MAX_FILE_BYTES": env.int("TOLLWAY_BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024),
+    "BATCH_MAX_REQUESTS": env.int("TOLLWAY_BATCH_MAX_REQUESTS", 50_000),
+    "BATCH_TENANT_CONCURRENCY": env.int("TOLLWAY_BATCH_TENANT_CONCURRENCY", 4),
+    "BATCH_DEPLOYMENT_CONCURRENCY": env.int("TOLLWAY_BATCH_DEPLOYMENT_CONCURRENCY", 8),
+    "BATCH_CHUNK_LINES": env.int("TOLLWAY_BATCH_CHUNK_LINES", 200),
+    "BATCH_LEASE_SECONDS": env.float("TOLLWAY_BATCH_LEASE_SECONDS", 120.0),
     # Active health checks (proxy.tasks.check_deployments): the beat interval, and the
     # timeout of each check request.
     "HEALTH_CHECK_SECONDS": env.float("TOLLWAY_HEALTH_CHECK_SECONDS", 60.0),

@@ -24,6 +24,7 @@ v1: list[URLPattern | URLResolver] = [
     path("models/<path:model>", proxy_views.model_detail, name="model-detail"),
     path("", include("tenants.urls")),
     path("", include("billing.urls")),
+    path("", include("batches.urls")),
     path("schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     # Last: any other path under the API answers OpenAI's JSON 404, with DEBUG on too
     # (Django's debug 404 page is HTML and lists the URLconf).

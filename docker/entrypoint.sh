@@ -17,7 +17,10 @@ case "$role" in
     exec gunicorn -c config/gunicorn.py
     ;;
   worker)
-    exec celery -A config worker --loglevel "${LOG_LEVEL:-INFO}" --concurrency "${CELERY_CONCURRENCY:-2}"
+    # CELERY_QUEUES: "celery" is the scheduled work, "batches" the Batch API's lines; a
+    # deployment may give batches workers of their own (CELERY_QUEUES=batches).
+    exec celery -A config worker --loglevel "${LOG_LEVEL:-INFO}" --concurrency "${CELERY_CONCURRENCY:-2}" \
+      -Q "${CELERY_QUEUES:-celery,batches}"
     ;;
   beat)
     # The schedule file lives in /tmp: beat keeps no state that must survive a restart.

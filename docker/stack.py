@@ -289,6 +289,10 @@ def programs(cfg: Config, env: dict[str, str]) -> list[tuple[str, list[str], dic
     found.append(
         ("worker", [*celery, "worker", "-n", cfg.worker_name, "--concurrency", str(cfg.celery_concurrency)], {})
     )
+    # The Batch API's lines, on their own queue and worker, so a large batch never holds up
+    # the scheduled work; its own bounds (TOLLWAY_BATCH_*_CONCURRENCY) keep it below live traffic.
+    batch_worker = [*celery, "worker", "-n", f"batches-{cfg.worker_name}", "-Q", "batches", "--concurrency", "1"]
+    found.append(("batch-worker", batch_worker, {}))
     # The pidfile keeps a second beat off this state directory.
     beat_files = ["--schedule", str(cfg.state_dir / "celerybeat-schedule")]
     beat_files += ["--pidfile", str(cfg.state_dir / "celerybeat.pid")]
@@ -326,7 +330,10 @@ def supervisor_conf(cfg: Config, env: dict[str, str]) -> str:
     found = programs(cfg, env)
     # One group per tier, stopped as a whole: the replicas (and worker and beat) stop side
     # by side rather than one after another.
-    groups = {"web": [name for name, _, _ in found if name.startswith("web-")], "celery": ["worker", "beat"]}
+    groups = {
+        "web": [name for name, _, _ in found if name.startswith("web-")],
+        "celery": ["worker", "batch-worker", "beat"],
+    }
     for priority, (group, members) in enumerate(groups.items(), start=1):
         lines += ["", f"[group:{group}]", f"programs={','.join(members)}", f"priority={priority * 10}"]
     for name, argv, extra in found:

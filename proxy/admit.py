@@ -92,6 +92,7 @@ def reserve_price(prices: list[PriceSnapshot]) -> PriceSnapshot:
         cached_input_per_mtok=max(p.cached_input_rate for p in prices),
         cache_write_per_mtok=max(p.cache_write_rate for p in prices),
         request_fee=max(p.request_fee for p in prices),
+        factor=max(p.factor for p in prices),
     )
 
 
@@ -123,6 +124,8 @@ def admit(call: Call) -> Admission:
             "output_price": str(price.output_per_mtok),
             "price_from": price.effective_from.isoformat(),
             "request_fee": str(price.request_fee),
+            "price_factor": str(price.factor),
+            "batch_id": call.batch_id,
             "markup_percent": str(markup),
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,

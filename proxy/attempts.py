@@ -31,10 +31,9 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.http import HttpResponseBase
 
 from billing.pricing import PriceSnapshot, TokenUsage
 from config.errors import ErrorCode, TollwayError, UpstreamError
@@ -43,6 +42,8 @@ from proxy.adapters.base import ChunkStream
 from proxy.route import Route, RouteEntry, Target, pick_target
 
 log = logging.getLogger(__name__)
+
+Answer = TypeVar("Answer")
 
 # Injectable for tests: how to wait, and the jitter source.
 sleep: Callable[[float], None] = time.sleep
@@ -126,10 +127,11 @@ def _counts_against(exc: TollwayError) -> bool:
     return exc.retryable or exc.code == ErrorCode.UPSTREAM_AUTH
 
 
-def run(call: Any, picker: Picker, attempt: Callable[[Any], HttpResponseBase]) -> HttpResponseBase:
+def run(call: Any, picker: Picker, attempt: Callable[[Any], Answer]) -> Answer:
     """Call ``attempt(call)`` with ``call.route`` set to each deployment in turn until one
     answers, a failure is not worth retrying, or the budget is spent. ``attempt`` must not
-    send anything to the client before it returns (streams are :func:`primed`)."""
+    send anything to the client before it returns (streams are :func:`primed`). Its
+    answer is returned: a response on the live path, a completion for a batch line."""
     conf = settings.TOLLWAY
     deadline = time.monotonic() + float(conf["RETRY_BUDGET_SECONDS"])
     limit = max(1, int(conf["RETRY_MAX_ATTEMPTS"]))

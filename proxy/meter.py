@@ -52,6 +52,7 @@ class Call:
     spooled: bool = False  # its row waits in the spool for Postgres
     reserve_price: PriceSnapshot | None = None  # with fallbacks: the dearest price it may be served at
     plan_models: tuple[int, ...] = ()  # the model and its fallbacks, for the reservation's markup
+    batch_id: str = ""  # a Batch API line's batch (its route's prices carry the batch factor)
     # Monotonic timestamps for the metrics: overhead is the time not spent upstream.
     request_started: float = field(default_factory=time.monotonic)
     upstream_started: float | None = None
@@ -97,6 +98,7 @@ def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> U
         # The plan's markup, from the cached account snapshot (no query with warm caches).
         markup_percent=limits.account_of(call.principal.tenant_pk).markup_for(call.route.entry.model_pk),
         api=call.chat.endpoint,
+        batch_id=call.batch_id,
     )
 
 

@@ -270,7 +270,11 @@ def completion_request(request: HttpRequest) -> ChatRequest:
     """Legacy ``/v1/completions``: ``prompt`` is a string, an array of strings, an array
     of token ids or an array of them (for providers that take token ids: OpenAI-compatible
     ones and the mock; the others refuse legacy completions altogether)."""
-    body = json_body(request)
+    return completion_body(json_body(request))
+
+
+def completion_body(body: dict[str, Any]) -> ChatRequest:
+    """:func:`completion_request` for a body already parsed (a Batch API line)."""
     model = _model(body)
     texts = _prompts(_required(body, "prompt"), "prompt")
     params.check(body, params.COMPLETIONS)
@@ -288,7 +292,11 @@ def completion_request(request: HttpRequest) -> ChatRequest:
 def embedding_request(request: HttpRequest) -> ChatRequest:
     """``/v1/embeddings``: ``input`` is a string, or an array of strings, of token ids or
     of token-id arrays (passed through to providers that accept them), at most 2,048."""
-    body = json_body(request)
+    return embedding_body(json_body(request))
+
+
+def embedding_body(body: dict[str, Any]) -> ChatRequest:
+    """:func:`embedding_request` for a body already parsed (a Batch API line)."""
     model = _model(body)
     texts = _prompts(_required(body, "input"), "input", max_items=params.MAX_EMBEDDING_INPUTS)
     params.check(body, params.EMBEDDINGS)
@@ -346,7 +354,11 @@ def _refuse_message(index: int, message: Any) -> None:
 
 
 def chat_request(request: HttpRequest) -> ChatRequest:
-    body = json_body(request)
+    return chat_body(json_body(request))
+
+
+def chat_body(body: dict[str, Any]) -> ChatRequest:
+    """:func:`chat_request` for a body already parsed (a Batch API line)."""
     model = _model(body)
     messages = _required(body, "messages")
     if not isinstance(messages, list) or not messages:

@@ -52,7 +52,7 @@ def usage_body(usage: TokenUsage, cost: Decimal, upstream: Any = None, *, embedd
     return body
 
 
-def _choice_text(choice: Any) -> str:
+def choice_text(choice: Any) -> str:
     """The text a choice (or a chunk's choice) carries: content, tool-call arguments, or
     a legacy completion's text. What Tollway counts when usage never arrives."""
     if not isinstance(choice, dict):
@@ -77,7 +77,7 @@ def json_response(call: meter.Call, completion: Completion) -> HttpResponse:
     body = completion.body
     usage, estimated = completion.usage, False
     if usage is None:
-        text = " ".join(_choice_text(choice) for choice in body.get("choices") or [])
+        text = " ".join(choice_text(choice) for choice in body.get("choices") or [])
         usage, estimated = meter.estimate(call.chat, text), True
     # Metered before answering: a client that reads its usage right after sees this call.
     cost = meter.record(call, usage, estimated=estimated)
@@ -123,7 +123,7 @@ class _Tally:
         choices = chunk.get("choices")
         if not choices:
             return True
-        self.text.extend(_choice_text(choice) for choice in choices)
+        self.text.extend(choice_text(choice) for choice in choices)
         return False
 
     def usage_chunk(self, kind: str, model: str, usage: dict[str, Any]) -> dict[str, Any]:

@@ -19,3 +19,15 @@ def tenant_detail_section(section: TenantSection) -> TenantSection:
     if section not in tenant_detail_sections:
         tenant_detail_sections.append(section)
     return section
+
+
+# Panels other apps add to the tenant's dashboard (e.g. ``batches``: its batches and their
+# cost so far), each rendered to safe HTML for the tenant; registered at start-up.
+DashboardPanel = Callable[[Tenant], str]
+dashboard_panels: list[DashboardPanel] = []
+
+
+def dashboard_panel(panel: DashboardPanel) -> DashboardPanel:
+    if panel not in dashboard_panels:
+        dashboard_panels.append(panel)
+    return panel
