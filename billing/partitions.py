@@ -130,6 +130,7 @@ def partition_create(*, month: Month) -> int:
     which locks the ledger's writers out only for the attach's check of the default
     partition (rows of this month are no longer there by then)."""
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no deferred check may hold the default partition
         cursor.execute(f"CREATE TABLE {month.table} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
         cursor.execute(
             f"WITH moved AS (DELETE FROM {DEFAULT} WHERE created_at >= %s AND created_at < %s RETURNING *) "  # noqa: S608
@@ -275,6 +276,9 @@ def partition_archive(*, month: Month) -> LedgerArchive:
         archive = LedgerArchive.objects.create(
             month=month.label, file=name, rows=rows, cost_usd=cost, compressed_bytes=size, sha256=sha
         )
+        # A caller's transaction may hold deferred foreign-key checks on these rows; a
+        # table with pending checks cannot be dropped, so they run now.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(f"ALTER TABLE {TABLE} DETACH PARTITION {month.table}")
         cursor.execute(f"DROP TABLE {month.table}")
     log.info("ledger: archived %s (%s rows, $%s) to %s and dropped its partition", month.label, rows, cost, name)

@@ -106,7 +106,7 @@ def rows_in(tenant: Tenant, model: Model, month: Month, count: int) -> list[Usag
 @pytest.fixture
 def october(tenant: Tenant, model: Model) -> Iterator[tuple[Invoice, list[UsageRecord]]]:
     """October's rows in their partition, closed and finalised on 5 November."""
-    ensure(SEP, OCT, NOV)
+    ensure(OCT, NOV)
     rows = rows_in(tenant, model, OCT, 30)
     month_close(period=OCT.label, tenants=[tenant], finalize=True, now=CLOSED)
     yield Invoice.objects.get(tenant=tenant, period=OCT.label), rows
@@ -226,8 +226,8 @@ def test_an_old_month_is_archived_to_a_compressed_file_and_dropped_with_its_invo
     assert list(invoice.lines.values_list("description", "amount_usd")) == lines
     assert invoice_csv(invoice) == document
     # and still immutable: migration 0009's trigger holds after the ledger's change
-    with pytest.raises(DatabaseError, match="is final"), transaction.atomic():
-        Invoice.objects.filter(pk=invoice.pk).update(total_usd=Decimal(0))
+    with pytest.raises(DatabaseError, match="is final"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE billing_invoice SET total_usd = 0 WHERE id = %s", [invoice.pk])
 
 
 def test_a_month_with_unbilled_rows_or_a_draft_invoice_is_not_archived(
@@ -379,5 +379,5 @@ def test_sqlite_keeps_a_plain_ledger_that_bills_a_call_once(tmp_path: Path) -> N
         "e = usage_entry(tenant_id=t.pk, model_id=m.pk, request_id='r1', created_at=at)\n"
         "print(usage_record_create(entry=e)[1], usage_record_create(entry=e)[1], UsageRecord.objects.count())\n"
     )
-    assert manage("shell", "-c", script).split() == ["True", "False", "1"]
+    assert manage("shell", "--no-imports", "-c", script).split() == ["True", "False", "1"]
     assert (tmp_path / "tollway.sqlite3").exists()
