@@ -214,6 +214,12 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2, help="threads for the month close (closemonth --workers)")
+    parser.add_argument(
+        "--plain", action="store_true", help="close on the unpartitioned table of the previous release (a comparison)"
+    )
+    parser.add_argument(
+        "--migration", action="store_true", help="then time migration 0011 both ways on the ledger (the upgrade)"
+    )
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("Run it on Postgres: set DATABASE_URL.")
@@ -235,6 +241,12 @@ def main() -> None:
         flush=True,
     )
 
+    if args.plain:
+        call_command("migrate", "billing", "0010_ledger_unique_by_request_and_time", verbosity=0)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE billing_usagerecord")
+            cursor.execute("CHECKPOINT")
+        print("the ledger is now the previous release's plain table", flush=True)
     t0 = time.monotonic()
     result = month_close(period=month.label, finalize=True, now=now, workers=args.workers)
     close_s = time.monotonic() - t0
@@ -272,6 +284,19 @@ def main() -> None:
         f"GET /v1/usage ({month.start.date()}..{last_day}, live from the ledger), {len(timings)} calls: "
         f"p50 {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, max {timings[-1]:.1f} ms"
     )
+
+    if args.migration:
+        total = UsageRecord.objects.count()
+        t0 = time.monotonic()
+        call_command("migrate", "billing", "0010_ledger_unique_by_request_and_time", verbosity=0)
+        back = time.monotonic() - t0
+        t0 = time.monotonic()
+        call_command("migrate", verbosity=0)
+        forward = time.monotonic() - t0
+        print(
+            f"migration 0011 on {total:,} rows: to monthly partitions {forward:.1f}s ({total / forward:,.0f} rows/s), "
+            f"back to a plain table {back:.1f}s"
+        )
 
 
 if __name__ == "__main__":
