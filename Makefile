@@ -6,7 +6,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
+.PHONY: bench bench-p4 help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
 
 help:
 	@echo "make run        build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
@@ -16,6 +16,7 @@ help:
 	@echo "                then the live tests through PgBouncer"
 	@echo "make test-fast  the unit lane only (no servers, browsers or nginx): the inner loop"
 	@echo "make docs       build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
+	@echo "make bench      the benchmark (bench/run.py); P4=1 adds the 10,000,000-row ledger, make bench-p4 runs it alone"
 	@echo "make stack      nginx (TLS) in front of 2 gunicorn replicas (REPLICAS=N for more),"
 	@echo "                Celery worker and beat, on loopback: https://127.0.0.1:8443"
 	@echo "                (http :8080 redirects); make stack-status, make stack-down"
@@ -111,10 +112,14 @@ clean:
 
 # The benchmark (bench/run.py): QUICK=1 for a short run, PEER=litellm to compare in the
 # same run, RUNS=N rounds of P1 and P3 (default 3; the verdict takes the median), P4=1 for
-# the 1,000,000-row month close. It installs wrk, nginx and nginx's echo
+# the month close and the usage API on a 10,000,000-row ledger (1,000,000 with QUICK=1);
+# `make bench-p4` runs P4 alone, without the stack. It installs wrk, nginx and nginx's echo
 # module (the slow streaming upstream) if missing.
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
 	@test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || (apt-get update -qq && apt-get install -y -qq libnginx-mod-http-echo) || true
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) $(if $(P4),--p4) $(if $(RUNS),--runs $(RUNS))
+
+bench-p4: $(STAMP) services
+	$(BIN)/python bench/run.py --only-p4 $(if $(QUICK),--quick)

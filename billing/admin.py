@@ -42,6 +42,7 @@ from billing.models import (
     InvoiceLine,
     Issuer,
     IssuerLogo,
+    LedgerArchive,
     Model,
     Plan,
     PlanModelMarkup,
@@ -1016,6 +1017,18 @@ class SpendAlertAdmin(AppendOnly, admin.ModelAdmin):
     limit = cents("limit (USD)", "limit_usd")
     list_filter = ("threshold", "month")
     list_select_related = ("tenant",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(LedgerArchive)
+class LedgerArchiveAdmin(AppendOnly, admin.ModelAdmin):
+    """Months of the ledger archived and dropped (billing.partitions): where each file is,
+    and what it holds. Made by the retention task or ``manage.py ledger archive``."""
+
+    list_display = ("month", "rows", "cost_usd", "compressed_bytes", "file", "archived_at", "restored_at")
+    readonly_fields = (*list_display, "sha256")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -186,7 +186,11 @@ def _bill_rows(invoice: Invoice) -> int:
     if billed_from != invoice.billed_from:
         invoice.billed_from = billed_from
         invoice.save(update_fields=["billed_from"])
-    return rows.filter(mine | late).update(invoice=invoice)
+    # No row to take is older than billed_from: said in the WHERE, the update touches only
+    # the ledger partitions from there to the period's end (billing.partitions).
+    return rows.filter(mine | late, created_at__gte=billed_from, created_at__lt=invoice.period_end).update(
+        invoice=invoice
+    )
 
 
 def _rebuild_lines(invoice: Invoice) -> None:
@@ -492,6 +496,8 @@ def invoice_void(
                 "or uncollectible invoice can be voided."
                 + (" Correct a paid invoice with a credit note." if locked.status == Invoice.Status.PAID else "")
             )
+        if reissue:
+            _refuse_archived(locked)
         status_move(locked, Invoice.Status.VOID, by=by, now=now, reason=reason)
         if not reissue:
             return None
@@ -509,6 +515,21 @@ def invoice_void(
         _bill_rows(draft)
         _rebuild_lines(draft)
         return draft
+
+
+def _refuse_archived(invoice: Invoice) -> None:
+    """A reissue rebuilds its lines from the ledger rows: not possible once they are archived."""
+    from billing.partitions import archived_months, months_between
+
+    gone = archived_months() & {
+        m.label for m in months_between(invoice.billed_from or invoice.period_start, invoice.period_end)
+    }
+    if gone:
+        raise InvoicingError(
+            f"Invoice {invoice} bills ledger rows of {', '.join(sorted(gone))}, which are archived: a reissue "
+            "could not rebuild its lines. Correct it with a credit note, or restore those months first "
+            "(manage.py ledger restore YYYY-MM)."
+        )
 
 
 # --- runs: the month close and the sweeper ---------------------------------------------------

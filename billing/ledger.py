@@ -71,8 +71,9 @@ def usage_cost(entry: UsageEntry) -> Decimal:
 def usage_record_create(*, entry: UsageEntry) -> tuple[Decimal, bool]:
     """Write the ledger row for ``entry``. Returns its cost, and whether this call wrote it.
 
-    One statement, ``INSERT … ON CONFLICT DO NOTHING`` on the request id, so a repeated
-    call for the same request can never bill twice.
+    One statement, ``INSERT … ON CONFLICT DO NOTHING`` on the request id (with the call's
+    ``created_at``, the same for every write of one call), so a repeated call for the same
+    request can never bill twice.
     """
     charge = charge_of(entry.usage, entry.price, markup_percent=entry.markup_percent)
     cost = charge.cost
@@ -116,7 +117,9 @@ def _fields(vendor: str) -> tuple[Any, ...]:
     return tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
 
 
-_ON_CONFLICT = "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+# The ledger's unique key (request id and the call's admission instant, which every writer
+# of a call's row shares): on Postgres the table is partitioned by month of created_at.
+_ON_CONFLICT = "ON CONFLICT (request_id, created_at) DO NOTHING RETURNING request_id"
 
 
 def _into(vendor: str) -> str:
@@ -341,7 +344,10 @@ def usage_record_from_reservation(*, request_id: str, record: dict[str, Any]) ->
         )
     )
     if not inserted:
-        cost = UsageRecord.objects.values_list("cost", flat=True).get(request_id=request_id)
+        # created_at in the key finds the row in its month's partition only.
+        cost = UsageRecord.objects.values_list("cost", flat=True).get(
+            request_id=request_id, created_at=datetime.fromisoformat(record["created_at"])
+        )
     return cost, inserted
 
 

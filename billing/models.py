@@ -142,7 +142,11 @@ class UsageRecord(models.Model):
         UPSTREAM_ERROR = "upstream_error", "Upstream failed mid-stream"
         RESERVATION_EXPIRED = "reservation_expired", "Worker lost; billed from the reservation"
 
-    request_id = models.CharField(max_length=64)  # unique: see Meta (no LIKE index, never searched by prefix)
+    # Unique with created_at (see Meta): on Postgres the table is partitioned by created_at's
+    # month, and a partitioned table's unique keys must hold the partition key. Every writer
+    # of a call's row takes created_at from the call's admission (Call.created_at, carried
+    # by the reservation and the spool), so a repeat of the same call always collides.
+    request_id = models.CharField(max_length=64)  # no LIKE index: never searched by prefix
     created_at = models.DateTimeField(default=timezone.now)
     # Indexed by usage_tenant_time (tenant first); a second index would only slow every write.
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records", db_index=False)
@@ -242,7 +246,7 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["request_id"], name="usage_request_id_unique")]
+        constraints = [models.UniqueConstraint(fields=["request_id", "created_at"], name="usage_request_once")]
         indexes = [
             models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
             # Only the rows no invoice has taken yet: this month's, and late ones.
@@ -253,6 +257,29 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class LedgerArchive(models.Model):
+    """A month of the ledger archived to object storage (``billing.partitions``), its
+    partition then dropped. The invoices that billed it stay; the file brings it back
+    (``manage.py ledger restore``)."""
+
+    month = models.CharField(max_length=7, help_text="YYYY-MM, a UTC month")
+    file = models.CharField(max_length=500, help_text="The gzip-compressed CSV's name in the archive storage")
+    rows = models.BigIntegerField()
+    cost_usd = models.DecimalField(
+        max_digits=AMOUNT_DIGITS + 4, decimal_places=AMOUNT_PLACES, help_text="The rows' cost: a check on the file"
+    )
+    compressed_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, help_text="Of the compressed file")
+    archived_at = models.DateTimeField(default=timezone.now)
+    restored_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["month"]
+
+    def __str__(self) -> str:
+        return f"ledger {self.month}"
 
 
 class Payment(models.TextChoices):

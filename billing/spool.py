@@ -16,7 +16,7 @@ usage and cost included: the cost is computed from the same prices the row keeps
 * **Replay.** A background thread (a greenlet under gunicorn's gevent worker) probes
   Postgres with back-off (1 s, doubling, at most ``REPLAY_MAX_SECONDS``) while the spool
   holds rows, and writes them with the ledger's idempotent insert (``ON CONFLICT
-  (request_id) DO NOTHING``): a row replayed twice is billed once. Each row's reservation
+  (request_id, created_at) DO NOTHING``): a row replayed twice is billed once. Each row's reservation
   is settled with it, in the same transaction for a Postgres-held one; until then it
   stays held, so budgets stay safe during the outage. A file with nothing left to replay
   is emptied.

@@ -63,6 +63,16 @@ def close_months(after_tenant_id: int = 0) -> None:
         enqueue(close_months, after_tenant_id=tenants[-1].pk)
 
 
+@shared_task(name="billing.ledger_partitions", ignore_result=True)
+def ledger_partitions() -> None:
+    """Make the ledger's partitions ahead; archive and drop months past the retention setting."""
+    from billing.partitions import ledger_maintain
+
+    result = ledger_maintain()
+    if result.made or result.archived:
+        log.info("ledger partitions: made %s, archived %s", result.made, result.archived)
+
+
 @shared_task(name="billing.sweep_invoices", ignore_result=True, autoretry_for=(Exception,), max_retries=3)
 def sweep_invoices() -> None:
     """Finalise drafts past their grace period; refresh the others so late usage lands."""

@@ -13,6 +13,7 @@ Two profiles, chosen by what is set:
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "monthly-reports": {"task": "billing.monthly_reports", "schedule": 6 * 3600.0},
     # Batches: expire those past their window, and resume those whose worker died.
     "batches-tick": {"task": "batches.tick", "schedule": env.float("TOLLWAY_BATCH_TICK_SECONDS", 30.0)},
+    # The ledger's monthly partitions made ahead; old months archived (billing.partitions).
+    "ledger-partitions": {"task": "billing.ledger_partitions", "schedule": 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -452,6 +455,28 @@ TOLLWAY: dict[str, Any] = {
     # timeout of each check request.
     "HEALTH_CHECK_SECONDS": env.float("TOLLWAY_HEALTH_CHECK_SECONDS", 60.0),
     "HEALTH_CHECK_TIMEOUT": env.float("TOLLWAY_HEALTH_CHECK_TIMEOUT", 10.0),
+    # The ledger's monthly partitions (Postgres; billing.partitions): months made ahead of
+    # the current one, and how many months of rows to keep in Postgres (0: all). Older
+    # months are archived to the ledger_archive storage (below), then their partitions dropped.
+    "LEDGER_PARTITIONS_AHEAD": env.int("TOLLWAY_LEDGER_PARTITIONS_AHEAD", 3),
+    "LEDGER_RETENTION_MONTHS": env.int("TOLLWAY_LEDGER_RETENTION_MONTHS", 0),
+}
+
+# --- Storage ---------------------------------------------------------------------------
+# ledger_archive: where archived ledger months go (gzip-compressed CSV). A folder by
+# default; any Django storage backend otherwise, e.g. django-storages' S3 with
+# TOLLWAY_LEDGER_ARCHIVE_BACKEND=storages.backends.s3.S3Storage and its options as JSON in
+# TOLLWAY_LEDGER_ARCHIVE_OPTIONS ({"bucket_name": "...", "endpoint_url": "..."}).
+_ARCHIVE_BACKEND = env.str("TOLLWAY_LEDGER_ARCHIVE_BACKEND", "django.core.files.storage.FileSystemStorage")
+_archive_options: dict[str, Any] = {}
+if env.has("TOLLWAY_LEDGER_ARCHIVE_OPTIONS"):
+    _archive_options = json.loads(env.str("TOLLWAY_LEDGER_ARCHIVE_OPTIONS"))
+elif _ARCHIVE_BACKEND.endswith(".FileSystemStorage"):
+    _archive_options = {"location": str(VAR_DIR / "ledger-archive")}
+STORAGES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "ledger_archive": {"BACKEND": _ARCHIVE_BACKEND, "OPTIONS": _archive_options},
 }
 
 # --- Logging ---------------------------------------------------------------------------
