@@ -317,11 +317,6 @@ else:
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": env.str("TOLLWAY_FILES_DIR", str(VAR_DIR / "files"))},
     }
-STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    "batch_files": _batch_files,
-}
 
 # The largest request body the app accepts; nginx's client_max_body_size matches it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("TOLLWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)
@@ -477,6 +472,7 @@ STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "ledger_archive": {"BACKEND": _ARCHIVE_BACKEND, "OPTIONS": _archive_options},
+    "batch_files": _batch_files,
 }
 
 # --- Logging ---------------------------------------------------------------------------
