@@ -43,7 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
