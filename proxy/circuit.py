@@ -26,6 +26,7 @@ does not ask it at all. The embedded default has no Redis, and no circuit breaki
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -118,9 +119,10 @@ def _redis() -> Any:
 
 
 def _script(name: str, source: str) -> Any:
+    """The script, called through this process's client of the moment (``client=``)."""
     if name not in _scripts:
         _scripts[name] = _redis().register_script(source)
-    return _scripts[name]
+    return functools.partial(_scripts[name], client=_redis())
 
 
 def _redis_failed(exc: RedisError, what: str) -> None:

@@ -37,6 +37,10 @@ def use(settings: LazySettings, **redis_settings: Any) -> None:
     settings.TOLLWAY = {**settings.TOLLWAY, "REDIS_BACKOFF_SECONDS": 0.2}
     shared_redis.forget_client()
     shared_redis.reset()
+    # Scripts registered through an earlier test's client would still call that client.
+    for cached in (getattr(billing_admission, "_scripts", None),):
+        if isinstance(cached, dict):
+            cached.clear()
 
 
 @pytest.fixture
