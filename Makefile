@@ -110,12 +110,13 @@ clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
 
 # The benchmark (bench/run.py): QUICK=1 for a short run, PEER=litellm to compare in the
-# same run, P4=1 for the 1,000,000-row month close, REDIS_HA=1 to add the cost per call of
-# Redis Sentinel and Cluster against one Redis (bench/redis_ha.py). It installs wrk, nginx
-# and nginx's echo module (the slow streaming upstream) if missing.
+# same run, RUNS=N rounds of P1 and P3 (default 3; the verdict takes the median), P4=1 for
+# the 1,000,000-row month close, REDIS_HA=1 to add the cost per call of Redis Sentinel and
+# Cluster against one Redis (bench/redis_ha.py). It installs wrk, nginx and nginx's echo
+# module (the slow streaming upstream) if missing.
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
 	@test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || (apt-get update -qq && apt-get install -y -qq libnginx-mod-http-echo) || true
-	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) $(if $(P4),--p4)
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) $(if $(P4),--p4) $(if $(RUNS),--runs $(RUNS))
 	$(if $(REDIS_HA),$(BIN)/python bench/redis_ha.py)

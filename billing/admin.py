@@ -7,15 +7,17 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.widgets import AdminSplitDateTime
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from billing import registers, tasks
+from billing import price_book, registers, tasks
 from billing.credit_notes import credit_note_issue
 from billing.documents import (
     credit_note_csv,
@@ -48,6 +50,7 @@ from billing.models import (
     SpendAlert,
     UsageRecord,
 )
+from billing.money import format_money, usd_cents
 from billing.payments import invoice_status_set
 from billing.selectors import issuer_get, tenant_money
 from billing.tasks import email_document, enqueue_delivery
@@ -65,10 +68,75 @@ def price_state(price: Price, now: Any = None) -> str:
     return "past" if later.filter(effective_from__lte=now).exists() else "current"
 
 
+class PriceForm(forms.ModelForm):
+    """A price; one that calls were billed at shows read-only (``billing.price_book``)."""
+
+    effective_from = forms.SplitDateTimeField(
+        required=False,
+        widget=AdminSplitDateTime,
+        help_text="Empty: now. A new price runs from here until the model's next price starts.",
+    )
+
+    class Meta:
+        model = Price
+        fields = ("model", "effective_from", *price_book.RATES)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.billed = price_book.price_is_billed(self.instance)
+        for field in self.fields.values():
+            field.disabled = field.disabled or self.billed
+
+    def clean_effective_from(self) -> Any:
+        return self.cleaned_data.get("effective_from") or timezone.now()
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        model = data.get("model") or getattr(self.instance, "model", None)
+        if self.billed or model is None or model.pk is None or self.errors or not self.has_changed():
+            return data
+        book = price_book.book_of(model_id=model.pk)
+        before = list(book.values())
+        book[self.instance.pk or -1] = price_book.Entry.of(data)
+        try:
+            price_book.price_book_check(model_id=model.pk, before=before, after=book.values())
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from None
+        return data
+
+
+class PriceFormSet(forms.BaseInlineFormSet):
+    """The model's whole price book as edited on its page, checked as one change."""
+
+    def add_fields(self, form: forms.Form, index: int | None) -> None:
+        super().add_fields(form, index)
+        if getattr(form, "billed", False) and "DELETE" in form.fields:
+            form.fields["DELETE"].disabled = True  # a billed price stays in the book
+
+    def clean(self) -> None:
+        super().clean()
+        if self.instance.pk is None or any(self.errors):
+            return
+        after = []
+        for form in self.forms:
+            if not form.has_changed() and form.instance.pk is None:
+                continue  # an empty extra row
+            if self.can_delete and form.cleaned_data.get("DELETE"):
+                continue
+            after.append(price_book.Entry.of(form.cleaned_data))
+        try:
+            price_book.price_book_check(model_id=self.instance.pk, after=after)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from None
+
+
 class PriceInline(admin.TabularInline):
-    """Every price of the model, newest first: upcoming ones on top, past ones below."""
+    """Every price of the model, newest first: upcoming ones on top, past ones below. A
+    price calls were billed at is read-only; a new row schedules the next price."""
 
     model = Price
+    form = PriceForm
+    formset = PriceFormSet
     extra = 0
     fields = (
         "effective_from",
@@ -81,10 +149,16 @@ class PriceInline(admin.TabularInline):
     )
     readonly_fields = ("state",)
     ordering = ("-effective_from",)
+    verbose_name_plural = "prices (one that calls were billed at is read-only: add a price to change it)"
 
     @admin.display(description="state")
     def state(self, obj: Price) -> str:
-        return price_state(obj) if obj.pk else "new"
+        return price_label(obj) if obj.pk else "new"
+
+
+def price_label(price: Price) -> str:
+    state = price_state(price)
+    return f"{state}, billed (read-only)" if price_book.price_is_billed(price) else state
 
 
 class PriceStateFilter(admin.SimpleListFilter):
@@ -104,8 +178,10 @@ class PriceStateFilter(admin.SimpleListFilter):
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
-    """The price book. Two prices of a model may not start at the same instant (an overlap)."""
+    """The price book. Two prices of a model may not start at the same instant (an overlap),
+    and a price calls were billed at is read-only: the way to change it is a new price."""
 
+    form = PriceForm
     list_display = (
         "model",
         "effective_from",
@@ -119,10 +195,22 @@ class PriceAdmin(admin.ModelAdmin):
     list_select_related = ("model",)
     ordering = ("model__name", "-effective_from")
     date_hierarchy = "effective_from"
+    autocomplete_fields = ("model",)
+    actions = None  # no bulk delete: each price is checked on its own page
 
     @admin.display(description="state")
     def state(self, obj: Price) -> str:
-        return price_state(obj)
+        return price_label(obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is not None and price_book.price_is_billed(obj):
+            return ("model", "effective_from", *price_book.RATES)
+        return ()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and price_book.price_is_billed(obj):
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 @admin.register(Model)
@@ -131,11 +219,45 @@ class ModelAdmin(admin.ModelAdmin):
     list_filter = ("is_active",)
     search_fields = ("name",)
     inlines = [PriceInline]
+    readonly_fields = ("schedule_price",)
 
     @admin.display(description="Price now (in/out per Mtok)")
     def current_price(self, obj: Model) -> str:
         price = obj.prices.filter(effective_from__lte=timezone.now()).order_by("-effective_from").first()
         return f"${price.input_per_mtok} / ${price.output_per_mtok}" if price else "— not priced: not served"
+
+    @admin.display(description="Change the price")
+    def schedule_price(self, obj: Model) -> str:
+        if obj.pk is None:
+            return "Add its first price below."
+        return format_html(
+            '<a class="button" href="{}?model={}">Schedule a new price</a> '
+            "(from now or a later instant; the prices calls were billed at stay as they are)",
+            reverse("admin:billing_price_add"),
+            obj.pk,
+        )
+
+
+def cents(description: str, field: str) -> Any:
+    """A list column showing a USD field to the cent (its page shows it in full)."""
+
+    @admin.display(description=description, ordering=field)
+    def column(self: Any, obj: Any) -> str:
+        return usd_cents(getattr(obj, field))
+
+    return column
+
+
+def party_html(party: dict[str, Any] | None, name_key: str = "name") -> str:
+    """A copied party (bill-to or issuer) as the address block it is, not as JSON."""
+    party = party or {}
+    lines = [party.get(name_key) or "", *(party.get("address") or "").splitlines(), party.get("country") or ""]
+    if party.get("tax_id"):
+        lines.append(f"Tax id: {party['tax_id']}")
+    if party.get("email"):
+        lines.append(str(party["email"]))
+    lines = [line for line in lines if line.strip()]
+    return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "—"
 
 
 class AppendOnly:
@@ -153,20 +275,7 @@ class AppendOnly:
 class UsageRecordAdmin(AppendOnly, admin.ModelAdmin):
     """The ledger is append-only: readable here, never edited."""
 
-    list_display = (
-        "created_at",
-        "tenant",
-        "model",
-        "provider",
-        "input_tokens",
-        "output_tokens",
-        "cached_input_tokens",
-        "cost",
-        "streamed",
-        "outcome",
-        "usage_estimated",
-        "latency_ms",
-    )
+    list_display = ("created_at", "tenant", "model", "provider", "tokens", "charged", "outcome", "how", "latency_ms")
     list_filter = ("streamed", "outcome", "usage_estimated", "model")
     search_fields = ("=request_id", "tenant__slug")  # exact: the unique index answers it
     list_select_related = ("tenant", "model")
@@ -175,6 +284,24 @@ class UsageRecordAdmin(AppendOnly, admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: UsageRecord) -> str:
+        cached = f" ({obj.cached_input_tokens:,} cached)" if obj.cached_input_tokens else ""
+        return f"{obj.input_tokens:,}{cached} / {obj.output_tokens:,}"
+
+    @admin.display(description="cost (USD)", ordering="cost")
+    def charged(self, obj: UsageRecord) -> str:
+        # One call costs a fraction of a cent: shown exactly (trailing zeros dropped), since
+        # to the cent most rows would read $0.00. Sums are shown to the cent elsewhere.
+        return f"${format(obj.cost.normalize(), 'f')}"
+
+    @admin.display(description="served")
+    def how(self, obj: UsageRecord) -> str:
+        parts = ["streamed" if obj.streamed else "whole"]
+        if obj.usage_estimated:
+            parts.append("usage estimated")
+        return ", ".join(parts)
 
 
 # --- money per tenant: payment, credit ledger, and what is spent and held right now ---
@@ -245,6 +372,8 @@ admin.site.unregister(Tenant)
 class TenantAdmin(BaseTenantAdmin):
     inlines = [*BaseTenantAdmin.inlines, AccountInline, BillingProfileInline, CreditEntryInline]
     readonly_fields = ("money_now",)
+    list_display = ("slug", "name", "status", "billing_email", "budget", "created_at")
+    budget = cents("monthly budget (USD)", "monthly_budget_usd")
 
     @admin.display(description="Money this billing month")
     def money_now(self, obj: Tenant) -> str:
@@ -270,7 +399,8 @@ class TenantAdmin(BaseTenantAdmin):
 
 @admin.register(CreditEntry)
 class CreditEntryAdmin(AppendOnly, admin.ModelAdmin):
-    list_display = ("created_at", "tenant", "kind", "amount_usd", "note", "created_by")
+    list_display = ("created_at", "tenant", "kind", "amount", "note", "created_by")
+    amount = cents("amount (USD)", "amount_usd")
     list_filter = ("kind",)
     search_fields = ("tenant__slug", "note")
     list_select_related = ("tenant",)
@@ -292,7 +422,8 @@ class PlanModelMarkupInline(admin.TabularInline):
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
-    list_display = ("name", "markup_percent", "monthly_minimum_usd", "payment", "tenants")
+    list_display = ("name", "markup_percent", "minimum", "payment", "tenants")
+    minimum = cents("monthly minimum (USD)", "monthly_minimum_usd")
     list_filter = ("payment",)
     search_fields = ("name",)
     inlines = [PlanModelMarkupInline]
@@ -401,13 +532,13 @@ class InvoiceAdmin(admin.ModelAdmin):
         "period",
         "status",
         "overdue",
-        "currency",
-        "gross_amount",
-        "total_usd",
+        "total",
+        "total_in_usd",
         "due_date",
         "downloads",
     )
     list_filter = ("status", "period", "currency", "tenant")
+    total_in_usd = cents("total (USD)", "total_usd")
     search_fields = ("number", "tenant__slug", "tenant__name")
     list_select_related = ("tenant",)
     inlines = [InvoiceLineInline, DeliveryInline]
@@ -449,8 +580,8 @@ class InvoiceAdmin(admin.ModelAdmin):
         "issue_date",
         "payment_terms_days",
         "due_date",
-        "issuer",
-        "bill_to",
+        "issuer_card",
+        "bill_to_card",
         "replaces",
         "finalized_at",
         "finalized_by",
@@ -463,7 +594,21 @@ class InvoiceAdmin(admin.ModelAdmin):
         "credit_notes_list",
         "downloads",
     )
-    exclude = ("created_at",)
+    exclude = ("created_at", "issuer", "bill_to")  # shown as address blocks, not JSON
+
+    @admin.display(description="total", ordering="gross_amount")
+    def total(self, obj: Invoice) -> str:
+        if obj.gross_amount is None:  # a draft before conversion: its USD total
+            return usd_cents(obj.total_usd)
+        return format_money(obj.gross_amount, obj.currency)
+
+    @admin.display(description="issuer")
+    def issuer_card(self, obj: Invoice) -> str:
+        return party_html(obj.issuer, "legal_name")
+
+    @admin.display(description="bill to")
+    def bill_to_card(self, obj: Invoice) -> str:
+        return party_html(obj.bill_to)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -674,7 +819,9 @@ class InvoiceAdmin(admin.ModelAdmin):
 class CreditNoteAdmin(admin.ModelAdmin):
     """Issued from an invoice (its action "Issue a credit note"); never edited or deleted."""
 
-    list_display = ("number", "invoice", "tenant", "issue_date", "currency", "gross_amount", "gross_usd", "downloads")
+    list_display = ("number", "invoice", "tenant", "issue_date", "total", "total_in_usd", "downloads")
+    total_in_usd = cents("total (USD)", "gross_usd")
+    exclude = ("issuer", "bill_to", "lines")  # shown as address blocks and a table, not JSON
     list_filter = ("currency", "kind")
     search_fields = ("number", "invoice__number", "tenant__slug")
     list_select_related = ("invoice", "tenant")
@@ -700,11 +847,45 @@ class CreditNoteAdmin(admin.ModelAdmin):
         "net_amount",
         "tax_amount",
         "gross_amount",
-        "lines",
-        "issuer",
-        "bill_to",
+        "lines_table",
+        "issuer_card",
+        "bill_to_card",
         "downloads",
     )
+
+    @admin.display(description="total", ordering="gross_amount")
+    def total(self, obj: CreditNote) -> str:
+        return format_money(obj.gross_amount, obj.currency)
+
+    @admin.display(description="issuer")
+    def issuer_card(self, obj: CreditNote) -> str:
+        return party_html(obj.issuer, "legal_name")
+
+    @admin.display(description="credit to")
+    def bill_to_card(self, obj: CreditNote) -> str:
+        return party_html(obj.bill_to)
+
+    @admin.display(description="lines")
+    def lines_table(self, obj: CreditNote) -> str:
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    line.get("position", ""),
+                    line.get("description", ""),
+                    line.get("amount_usd", ""),
+                    line.get("amount", ""),
+                )
+                for line in obj.lines or []
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>line</th><th>description</th><th>USD</th><th>{}</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            obj.currency,
+            rows,
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -828,7 +1009,9 @@ class DeliveryAdmin(AppendOnly, admin.ModelAdmin):
 
 @admin.register(SpendAlert)
 class SpendAlertAdmin(AppendOnly, admin.ModelAdmin):
-    list_display = ("created_at", "tenant", "month", "threshold", "spend_usd", "limit_usd")
+    list_display = ("created_at", "tenant", "month", "threshold", "spend", "limit")
+    spend = cents("spend (USD)", "spend_usd")
+    limit = cents("limit (USD)", "limit_usd")
     list_filter = ("threshold", "month")
     list_select_related = ("tenant",)
 

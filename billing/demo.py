@@ -109,15 +109,21 @@ def _prices_reach_back(*, start: datetime, change_at: datetime) -> None:
         earliest = model.prices.order_by("effective_from").first()
         if earliest is None:
             continue
+        # Saved, not update()d: the price book's rule (billing.price_book) checks each move.
+        # Moving a model's first price back only prices the span before it, where no call
+        # can have been billed (an unpriced model is not served), so the rule allows it.
         if model.name == CHANGED_MODEL:
             # The current price takes effect mid-month; the one before it ran from the start.
-            Price.objects.filter(pk=earliest.pk, effective_from__gt=change_at).update(effective_from=change_at)
+            if earliest.effective_from > change_at:
+                earliest.effective_from = change_at
+                earliest.save(update_fields=["effective_from"])
             Price.objects.create(
                 model=model, input_per_mtok=OLD_PRICE[0], output_per_mtok=OLD_PRICE[1], effective_from=start
             )
         else:
             # Demo prices were made "now" by seeddemo: they reach back over the history.
-            Price.objects.filter(pk=earliest.pk).update(effective_from=start)
+            earliest.effective_from = start
+            earliest.save(update_fields=["effective_from"])
 
 
 def _tenant(spec: DemoTenant, *, start: datetime, result: HistoryResult) -> tuple[Tenant, list[ApiKey]]:

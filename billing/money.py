@@ -70,3 +70,19 @@ def validate_currency(value: str) -> None:
 def validate_country(value: str) -> None:
     if value and (len(value) != 2 or not set(value) <= _COUNTRY_CHARS):
         raise ValidationError(f"'{value}' is not an ISO 3166 country code: two capitals, e.g. DE, KR, US.")
+
+
+def usd_cents(amount: Decimal | None) -> str:
+    """A USD amount for a list: to the cent, half-up, e.g. ``$1,234.57`` (``—`` for none).
+    Detail pages show the amount in full."""
+    if amount is None:
+        return "—"
+    rounded = round_money(Decimal(amount), USD)
+    return f"{'-' if rounded < 0 else ''}${abs(rounded):,.2f}"
+
+
+def usd_rate(rate: Decimal) -> str:
+    """A price per million tokens as people write it: at least to the cent, exact beyond
+    (``9.60``, ``0.504``, ``10.00``), never ``9.600000`` or ``1E+1``."""
+    exact = format(Decimal(rate).normalize(), "f")
+    return f"{Decimal(rate):.2f}" if "." not in exact or len(exact.split(".")[1]) < 2 else exact

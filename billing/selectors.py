@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +23,9 @@ from billing.models import (
     UsageRecord,
     UsageRollup,
 )
-from billing.pricing import LEDGER_QUANTUM, PriceSnapshot, usd
+from billing.money import usd_rate
+from billing.price_book import RATES
+from billing.pricing import LEDGER_QUANTUM, PriceSnapshot, markup_factor, usd
 from billing.rollups import ledger_by_day
 from tenants.models import ApiKey, Tenant
 
@@ -202,3 +205,97 @@ def tax_treatment(profile: BillingProfile) -> TaxTreatment:
 def exchange_rate_on(*, currency: str, day: date) -> ExchangeRate | None:
     """The rate in effect on ``day``: the latest one that started on or before it."""
     return ExchangeRate.objects.filter(currency=currency, effective_date__lte=day).order_by("-effective_date").first()
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """What a tenant narrows its request log (and its CSV export) to. ``None``: any."""
+
+    model_id: int | None = None
+    api_key_id: int | None = None
+    outcome: str | None = None
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # exclusive
+
+
+def usage_log(*, tenant: Tenant, where: UsageFilter) -> QuerySet[UsageRecord]:
+    """The tenant's ledger rows, newest first, narrowed by ``where``. Every filter sits
+    beside ``tenant``, so the (tenant, created_at) index answers it."""
+    rows = UsageRecord.objects.filter(tenant=tenant)
+    if where.model_id is not None:
+        rows = rows.filter(model_id=where.model_id)
+    if where.api_key_id is not None:
+        rows = rows.filter(api_key_id=where.api_key_id)
+    if where.outcome:
+        rows = rows.filter(outcome=where.outcome)
+    if where.start is not None:
+        rows = rows.filter(created_at__gte=where.start)
+    if where.end is not None:
+        rows = rows.filter(created_at__lt=where.end)
+    return rows.order_by("-created_at", "-pk")
+
+
+@dataclass(frozen=True)
+class TenantPrice:
+    """One model as the tenant pays for it: list price with the plan's markup, per Mtok."""
+
+    model: str
+    markup_percent: Decimal
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal
+    cache_write_per_mtok: Decimal
+    request_fee: Decimal
+    since: datetime
+    next_change: TenantPrice | None = None
+
+    @property
+    def shown(self) -> dict[str, str]:
+        """The rates as the price list prints them (``billing.money.usd_rate``)."""
+        return {name: usd_rate(getattr(self, name)) for name in RATES}
+
+
+def _marked_up(price: Price, factor: Decimal, markup: Decimal, model: str) -> TenantPrice:
+    def times(value: Decimal) -> Decimal:
+        return (value * factor).quantize(Decimal("0.000001"))
+
+    return TenantPrice(
+        model=model,
+        markup_percent=markup,
+        input_per_mtok=times(price.input_per_mtok),
+        output_per_mtok=times(price.output_per_mtok),
+        cached_input_per_mtok=times(
+            price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok
+        ),
+        cache_write_per_mtok=times(
+            price.cache_write_per_mtok if price.cache_write_per_mtok is not None else price.input_per_mtok
+        ),
+        request_fee=times(price.request_fee),
+        since=price.effective_from,
+    )
+
+
+def tenant_price_list(*, tenant: Tenant, now: datetime) -> list[TenantPrice]:
+    """The models the tenant may call that have a price now, each at the tenant's own price
+    (the plan's markup, or its per-model markup), with the next scheduled change if any."""
+    account = admission.accounts.get(str(tenant.pk)) or admission.AccountSnapshot(prepaid=False)
+    patterns = tenant.allowed_models or []
+    models = Model.objects.filter(is_active=True).prefetch_related("prices").order_by("name")
+    listed = []
+    for model in models:
+        if patterns and not any(fnmatchcase(model.name, p) for p in patterns):
+            continue
+        prices = sorted(model.prices.all(), key=lambda p: p.effective_from)
+        current = [p for p in prices if p.effective_from <= now]
+        if not current:
+            continue  # not priced: not served
+        markup = account.markup_for(model.pk)
+        factor = markup_factor(markup)
+        upcoming = [p for p in prices if p.effective_from > now]
+        entry = _marked_up(current[-1], factor, markup, model.name)
+        if upcoming:
+            entry = TenantPrice(
+                **{**entry.__dict__, "next_change": _marked_up(upcoming[0], factor, markup, model.name)}
+            )
+        listed.append(entry)
+    return listed

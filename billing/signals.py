@@ -1,16 +1,29 @@
-"""A change to an account or to the credit ledger reaches admission at once."""
+"""A change to an account or to the credit ledger reaches admission at once; a change to
+the price book is refused where calls were billed (``billing.price_book``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
-from billing import admission, alerts
-from billing.models import Account, BillingProfile, CreditEntry, Plan, PlanModelMarkup
+from billing import admission, alerts, price_book
+from billing.models import Account, BillingProfile, CreditEntry, Plan, PlanModelMarkup, Price
 from tenants.models import Membership, Tenant
+
+
+@receiver(pre_save, sender=Price)
+def _price_saving(sender: type[Price], instance: Price, raw: bool = False, **kwargs: Any) -> None:
+    # The admin's forms say so first; this holds for the shell and every other caller.
+    if not raw:  # loaddata restores a book as it was
+        price_book.price_save_check(instance)
+
+
+@receiver(pre_delete, sender=Price)
+def _price_deleting(sender: type[Price], instance: Price, **kwargs: Any) -> None:
+    price_book.price_delete_check(instance)
 
 
 @receiver([post_save, post_delete], sender=Account)

@@ -21,6 +21,7 @@ from billing.documents import invoice_filename, invoice_pdf
 from billing.models import Invoice, UsageRecord
 from billing.selectors import daily_cost_by_model, tenant_money
 from tenants import selectors as tenant_selectors
+from tenants.forms import DashboardKeyForm
 from tenants.models import Membership, Tenant
 from tenants.web import member_required
 
@@ -93,6 +94,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "refusing": alerts.refusing(tenant.pk),
             "contacts": (alerts.configs.get(str(tenant.pk)) or alerts.AlertConfig(None, (), None, "")).contacts,
             "keys": keys,
+            "key_form": DashboardKeyForm(),
+            "now": timezone.now(),
         },
     )
 

@@ -12,56 +12,121 @@ at about a fifth of a worker's CPU:
   watcher instead, keeping ``psycopg.waiting.wait_poll``'s contract.
 
 Installed by ``config/gunicorn.py`` once the worker is patched; without gevent, nothing
-changes.
+changes. Each patch first checks that what it replaces is there with the signature it
+expects; if a library release changed it, that patch is skipped with a warning and the
+library keeps its own (slower, correct) behaviour. Nothing here can stop a worker booting.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import select
 import socket
 import time
 from collections.abc import Callable, Generator
+from types import ModuleType
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
-def install() -> bool:
-    """Swap the two checks in; False (and nothing changed) when gevent has not patched select."""
+class ShapeChanged(Exception):
+    """What a patch replaces is not what it was written against."""
+
+
+def install() -> tuple[str, ...]:
+    """Swap the checks in; the names of the patches applied, none when gevent has not
+    patched select. A patch whose target changed shape is skipped with a warning."""
     try:
         from gevent import monkey
     except ImportError:  # gevent is a production dependency, but the app runs without it
-        return False
+        return ()
     if not monkey.is_module_patched("select"):
-        return False
+        return ()
     real_poll = monkey.get_original("select", "poll")
+    patches: dict[str, Callable[[Callable[[], Any]], None]] = {
+        "httpcore": _patch_httpcore,
+        "redis": _patch_redis,
+        "psycopg": _patch_psycopg,
+    }
+    applied = []
+    for name, patch in patches.items():
+        try:
+            patch(real_poll)
+        except Exception as exc:  # a changed library, or a patch gone wrong: never fatal
+            log.warning(
+                "greenio: %s patch skipped, keeping %s's own behaviour (slower, correct): %s. "
+                "Pin the version requirements.txt was tested with, or update config/greenio.py.",
+                name,
+                name,
+                exc,
+            )
+        else:
+            applied.append(name)
+    return tuple(applied)
 
+
+def _expect(module: ModuleType, name: str, params: tuple[str, ...]) -> Callable[..., Any]:
+    """``module.name``, if it is a function whose parameters start with ``params``."""
+    found = getattr(module, name, None)
+    if not callable(found):
+        raise ShapeChanged(f"{module.__name__}.{name} is missing")
+    try:
+        names = tuple(inspect.signature(found).parameters)
+    except (TypeError, ValueError) as exc:
+        raise ShapeChanged(f"{module.__name__}.{name}'s signature cannot be read") from exc
+    if names[: len(params)] != params:
+        raise ShapeChanged(f"{module.__name__}.{name} takes ({', '.join(names)}), not ({', '.join(params)})")
+    return found
+
+
+def _ready(real_poll: Callable[[], Any], fd: Any) -> bool:
+    poller = real_poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _patch_httpcore(real_poll: Callable[[], Any]) -> None:
     import httpcore._backends.sync as httpcore_sync
-    import psycopg.waiting
-    import redis._parsers.hiredis as redis_hiredis
 
-    def ready(fd: Any) -> bool:
-        poller = real_poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
+    _expect(httpcore_sync, "is_socket_readable", ("sock",))
 
     def is_socket_readable(sock: socket.socket | None) -> bool:
         fd = None if sock is None else sock.fileno()
-        return True if fd is None or fd < 0 else ready(fd)  # a closed socket reads as EOF
+        return True if fd is None or fd < 0 else _ready(real_poll, fd)  # a closed socket reads as EOF
 
-    green_can_read = redis_hiredis._socket_can_read
+    httpcore_sync.is_socket_readable = is_socket_readable
+
+
+def _patch_redis(real_poll: Callable[[], Any]) -> None:
+    import redis._parsers.hiredis as redis_hiredis
+
+    green_can_read = _expect(redis_hiredis, "_socket_can_read", ("sock", "timeout"))
 
     def socket_can_read(sock: Any, timeout: float) -> bool:
         if timeout != 0:
             return bool(green_can_read(sock, timeout))
         if hasattr(sock, "pending") and sock.pending():  # TLS bytes already decrypted
             return True
-        return ready(sock)
+        return _ready(real_poll, sock)
 
-    httpcore_sync.is_socket_readable = is_socket_readable
     redis_hiredis._socket_can_read = socket_can_read
+
+
+def _patch_psycopg(real_poll: Callable[[], Any]) -> None:
+    import psycopg.errors
+    import psycopg.waiting
+
+    _expect(psycopg.waiting, "wait", ("gen", "fileno", "interval", "timeout"))
+    for name in ("READY_NONE", "READY_R", "READY_W", "WAIT_R", "WAIT_W"):
+        if not hasattr(psycopg.waiting, name):
+            raise ShapeChanged(f"psycopg.waiting.{name} is missing")
+    if not isinstance(getattr(psycopg.errors, "_WaitTimeout", None), type):
+        raise ShapeChanged("psycopg.errors._WaitTimeout is missing")
     psycopg.waiting.wait = psycopg_wait(real_poll)
-    return True
 
 
 def psycopg_wait(real_poll: Callable[[], Any]) -> Callable[..., Any]:
@@ -71,7 +136,7 @@ def psycopg_wait(real_poll: Callable[[], Any]) -> Callable[..., Any]:
     both) and is sent what is ready, or nothing when ``interval`` passes idle; past
     ``timeout`` the wait raises psycopg's ``_WaitTimeout``.
     """
-    from gevent.hub import _get_hub_noargs as get_hub
+    from gevent import get_hub
     from gevent.socket import wait as wait_on_watcher
     from psycopg import errors
     from psycopg.waiting import READY_NONE, READY_R, READY_W, WAIT_R, WAIT_W

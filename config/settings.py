@@ -147,7 +147,7 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "config" / "templates"],  # the admin's header and list styles
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [

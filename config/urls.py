@@ -5,10 +5,12 @@ from django.urls import URLPattern, URLResolver, include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
+from billing import views_usage as usage_pages
 from billing import views_web as billing_pages
 from config.middleware import is_api_path
 from proxy import views as proxy_views
 from proxy import views_web as proxy_pages
+from proxy.messages import views as messages_views
 from tenants import web as tenant_pages
 
 v1: list[URLPattern | URLResolver] = [
@@ -16,6 +18,9 @@ v1: list[URLPattern | URLResolver] = [
     path("completions", proxy_views.completions, name="completions"),
     path("embeddings", proxy_views.embeddings, name="embeddings"),
     path("models", proxy_views.models_list, name="models"),
+    # Anthropic's Messages API (Claude Code, the anthropic SDKs): proxy/messages/.
+    path("messages", messages_views.messages, name="messages"),
+    path("messages/count_tokens", messages_views.count_tokens, name="messages-count-tokens"),
     path("models/<path:model>", proxy_views.model_detail, name="model-detail"),
     path("", include("tenants.urls")),
     path("", include("billing.urls")),
@@ -24,6 +29,12 @@ v1: list[URLPattern | URLResolver] = [
     # (Django's debug 404 page is HTML and lists the URLconf).
     re_path(r"^[\s\S]*$", proxy_views.json_not_found),
 ]
+
+# The admin is Tollway's, not "Django administration".
+admin.site.site_header = "Tollway administration"
+admin.site.site_title = "Tollway admin"
+admin.site.index_title = "Providers, models, tenants and billing"
+admin.site.enable_nav_sidebar = False  # its 300 px are the lists' right-hand columns at 1280 px
 
 urlpatterns = [
     path("v1/", include((v1, "v1"))),
@@ -38,6 +49,9 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", RedirectView.as_view(url="/dashboard/"), name="home"),
     path("dashboard/", billing_pages.dashboard, name="dashboard"),
+    path("dashboard/requests/", usage_pages.request_log, name="requests"),
+    path("dashboard/usage.csv", usage_pages.usage_csv, name="usage-csv"),
+    path("dashboard/prices/", usage_pages.price_list, name="prices"),
     path("dashboard/invoices/<str:number>.pdf", billing_pages.invoice_pdf_download, name="invoice-pdf"),
     path("dashboard/keys/create", tenant_pages.key_create, name="key-create"),
     path("dashboard/keys/<str:key_id>/revoke", tenant_pages.key_revoke, name="key-revoke"),

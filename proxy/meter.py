@@ -26,7 +26,7 @@ from billing.ledger import UsageEntry, usage_cost, usage_record_create
 from billing.models import UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage
 from proxy import observe, tokens
-from proxy.parse import CHAT, ChatRequest
+from proxy.parse import COMPLETIONS, EMBEDDINGS, ChatRequest
 from proxy.route import Route
 from tenants.selectors import KeyPrincipal
 
@@ -67,7 +67,7 @@ def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
     """Tollway's own count, for when the provider reports none."""
     if chat.prompt_tokens is not None:  # the client sent token ids: their count is exact
         return TokenUsage(input_tokens=chat.prompt_tokens, output_tokens=tokens.count(completion_text))
-    if chat.endpoint != CHAT:
+    if chat.endpoint in (COMPLETIONS, EMBEDDINGS):
         # A bare prompt or embedding input: no chat framing to count.
         prompt = sum(tokens.count(tokens.content_text(m.get("content"))[0]) for m in chat.messages)
         return TokenUsage(input_tokens=prompt, output_tokens=tokens.count(completion_text))

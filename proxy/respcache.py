@@ -38,7 +38,7 @@ from django.http import HttpRequest
 from billing.pricing import PriceSnapshot, TokenUsage
 from config import redis
 from proxy.adapters.base import Completion, usage_from_openai
-from proxy.parse import CHAT, EMBEDDINGS, ChatRequest
+from proxy.parse import CHAT, COMPLETIONS, EMBEDDINGS, ChatRequest
 from proxy.route import Route
 from proxy.translate.common import openai_usage
 from tenants.selectors import KeyPrincipal
@@ -70,8 +70,13 @@ def deterministic(chat: ChatRequest) -> bool:
 
 
 def key_for(chat: ChatRequest, principal: KeyPrincipal, how: str) -> str | None:
-    """The cache key for this request, or None if it is not to be cached."""
-    if how == "off" or (how == "deterministic" and not deterministic(chat)):
+    """The cache key for this request, or None if it is not to be cached. Only the
+    OpenAI-shaped endpoints are cached: their answers are what an entry replays."""
+    if (
+        chat.endpoint not in (CHAT, COMPLETIONS, EMBEDDINGS)
+        or how == "off"
+        or (how == "deterministic" and not deterministic(chat))
+    ):
         return None
     body = {k: v for k, v in chat.body.items() if k not in ("stream", "stream_options")}
     blob = json.dumps([principal.tenant_pk, chat.endpoint, body], sort_keys=True, separators=(",", ":"), default=str)

@@ -3,23 +3,29 @@
 Created lazily, after gunicorn forks its workers (and after gevent has patched sockets),
 never per request: connection reuse is most of the latency budget.
 
-``send`` hands a request straight to httpx's transport. ``httpx.Client.send`` would add
+``send`` hands a request straight to the transport. ``httpx.Client.send`` would add
 its auth, redirect, cookie-jar and event-hook layers on every call; upstream calls need
 none of them (no redirects are followed, no cookies kept), and py-spy put those layers
 at about a tenth of a worker's CPU per request.
 
-The pool is Tollway's (``Pool``): httpcore's connections, with O(1) bookkeeping.
+The transport is Tollway's (``UpstreamTransport``, a public ``httpx.BaseTransport``) over
+its own pool (``Pool``): httpcore's connections, with O(1) bookkeeping. Both use only
+httpcore's public API, and only once ``pool_shape_problem`` has found it as expected: if a
+release changed it, the process logs a warning and uses httpx's own ``HTTPTransport``
+(slower, same behaviour) rather than failing at the first call.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
+import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from functools import lru_cache
 from typing import Any
 
@@ -27,7 +33,9 @@ import httpcore
 import httpx
 from django.conf import settings
 
-_transport: httpx.HTTPTransport | None = None
+log = logging.getLogger(__name__)
+
+_transport: httpx.BaseTransport | None = None
 _transport_pid = 0
 _lock = threading.Lock()
 
@@ -37,28 +45,145 @@ KEEPALIVE_EXPIRY = 30.0  # seconds an idle upstream connection is kept
 FINISH_SECONDS = 0.05
 FINISH_BYTES = 65536
 
+# What the pool uses of httpcore's public API: names, and the methods called on each.
+_HTTPCORE_NEEDS: dict[str, tuple[str, ...]] = {
+    "HTTPConnection": ("handle_request", "is_idle", "has_expired", "is_closed", "close"),
+    "SyncBackend": ("connect_tcp", "connect_unix_socket", "sleep"),
+    "Request": (),
+    "Response": (),
+    "URL": (),
+    "Origin": (),
+    "PoolTimeout": (),
+    "UnsupportedProtocol": (),
+    "WriteError": (),
+}
+_HTTPCORE_CONNECTION_ARGS = ("origin", "ssl_context", "keepalive_expiry", "network_backend")
+_STREAM_METHODS = ("read", "write", "close", "start_tls", "get_extra_info")
 
-def transport() -> httpx.HTTPTransport:
+
+def pool_shape_problem() -> str | None:
+    """What in httpcore is not as the pool expects, or None: checked once per process."""
+    for name, methods in _HTTPCORE_NEEDS.items():
+        found = getattr(httpcore, name, None)
+        if found is None:
+            return f"httpcore.{name} is missing"
+        for method in methods:
+            if not callable(getattr(found, method, None)):
+                return f"httpcore.{name}.{method} is missing"
+    try:
+        params = inspect.signature(httpcore.HTTPConnection).parameters
+    except (TypeError, ValueError):
+        return "httpcore.HTTPConnection's signature cannot be read"
+    if missing := [name for name in _HTTPCORE_CONNECTION_ARGS if name not in params]:
+        return f"httpcore.HTTPConnection takes no {', '.join(missing)}"
+    stream = getattr(httpcore, "NetworkStream", None)
+    if stream is not None and (missing := [m for m in _STREAM_METHODS if not hasattr(stream, m)]):
+        return f"httpcore.NetworkStream has no {', '.join(missing)}"
+    return None
+
+
+def transport() -> httpx.BaseTransport:
     global _transport, _transport_pid
     if _transport is None or _transport_pid != os.getpid():
         with _lock:
             if _transport is None or _transport_pid != os.getpid():
-                conf = settings.TOLLWAY
-                _transport = httpx.HTTPTransport(trust_env=False)
-                # httpx's transport maps httpcore's errors to its own; the pool under it is
-                # ours (the transport calls only its handle_request and close).
-                _transport._pool = Pool(  # type: ignore[assignment]
-                    ssl_context=httpx.create_ssl_context(trust_env=False),
-                    max_connections=int(conf["UPSTREAM_MAX_CONNECTIONS"]),
-                    max_keepalive=int(conf["UPSTREAM_MAX_KEEPALIVE"]),
-                    keepalive_expiry=KEEPALIVE_EXPIRY,
-                )
+                _transport = _new_transport()
                 _transport_pid = os.getpid()
     return _transport
 
 
-def pool() -> Pool:
-    return transport()._pool  # type: ignore[return-value]
+def _new_transport() -> httpx.BaseTransport:
+    conf = settings.TOLLWAY
+    max_connections, max_keepalive = int(conf["UPSTREAM_MAX_CONNECTIONS"]), int(conf["UPSTREAM_MAX_KEEPALIVE"])
+    problem = pool_shape_problem()
+    if problem is None:
+        return UpstreamTransport(
+            Pool(
+                ssl_context=httpx.create_ssl_context(trust_env=False),
+                max_connections=max_connections,
+                max_keepalive=max_keepalive,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            )
+        )
+    log.warning(
+        "upstream pool: %s (httpcore %s); using httpx's own HTTPTransport instead, which works "
+        "but costs more CPU per call. Pin the httpcore version requirements.txt was tested with.",
+        problem,
+        getattr(httpcore, "__version__", "?"),
+    )
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_keepalive, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
+    return httpx.HTTPTransport(trust_env=False, limits=limits)
+
+
+def pool() -> Pool | None:
+    """This process's pool; None when the fallback transport is in use."""
+    found = transport()
+    return found.pool if isinstance(found, UpstreamTransport) else None
+
+
+def _httpcore_errors() -> list[tuple[type[Exception], type[httpx.RequestError]]]:
+    """httpcore's errors and httpx's for each, most specific first (as httpx maps them)."""
+    pairs = [
+        ("TimeoutException", httpx.TimeoutException),
+        ("ConnectTimeout", httpx.ConnectTimeout),
+        ("ReadTimeout", httpx.ReadTimeout),
+        ("WriteTimeout", httpx.WriteTimeout),
+        ("PoolTimeout", httpx.PoolTimeout),
+        ("NetworkError", httpx.NetworkError),
+        ("ConnectError", httpx.ConnectError),
+        ("ReadError", httpx.ReadError),
+        ("WriteError", httpx.WriteError),
+        ("ProxyError", httpx.ProxyError),
+        ("UnsupportedProtocol", httpx.UnsupportedProtocol),
+        ("ProtocolError", httpx.ProtocolError),
+        ("LocalProtocolError", httpx.LocalProtocolError),
+        ("RemoteProtocolError", httpx.RemoteProtocolError),
+    ]
+    found = [(getattr(httpcore, name), mapped) for name, mapped in pairs if hasattr(httpcore, name)]
+    # A subclass before its base, so the first match is the most specific.
+    return sorted(found, key=lambda pair: -len(pair[0].__mro__))
+
+
+_ERRORS = _httpcore_errors()
+
+
+def _mapped(exc: Exception, request: httpx.Request) -> Exception:
+    for source, target in _ERRORS:
+        if isinstance(exc, source):
+            return target(str(exc), request=request)
+    return exc
+
+
+class UpstreamTransport(httpx.BaseTransport):
+    """An ``httpx.BaseTransport`` over ``Pool``: what ``httpx.HTTPTransport`` does (an httpx
+    request to httpcore's, httpcore's errors to httpx's), through public APIs only."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            status, headers, body, extensions = self.pool.handle_request(core_request, request)
+        except Exception as exc:
+            mapped = _mapped(exc, request)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return httpx.Response(status_code=status, headers=headers, stream=body, extensions=extensions)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class Pool:
@@ -76,8 +201,7 @@ class Pool:
     - at most ``max_connections`` are open; a call beyond that waits up to the request's
       ``pool`` timeout, then fails with ``httpcore.PoolTimeout``.
 
-    It serves ``httpx.HTTPTransport`` in place of httpcore's pool (``handle_request`` and
-    ``close`` are all the transport calls), so httpx still maps every error.
+    ``UpstreamTransport`` serves httpx's requests through it and maps httpcore's errors.
     """
 
     def __init__(
@@ -97,7 +221,11 @@ class Pool:
     def idle_count(self) -> int:
         return self._idle_count
 
-    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+    def handle_request(
+        self, request: httpcore.Request, origin_request: httpx.Request
+    ) -> tuple[int, list[tuple[bytes, bytes]], _Body, MutableMapping[str, Any]]:
+        """Send ``request``: its status, headers, body (handing the connection back when
+        closed) and extensions. ``origin_request`` is what the body's errors name."""
         if request.url.scheme not in (b"http", b"https"):
             raise httpcore.UnsupportedProtocol(f"Request URL has an unsupported protocol '{request.url.scheme!r}'.")
         timeouts = request.extensions.get("timeout", {})
@@ -113,12 +241,8 @@ class Pool:
             self._slots.release()
             raise
         assert isinstance(response.stream, Iterable)  # the sync connection's body
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_Body(response.stream, self, request, connection),
-            extensions=response.extensions,
-        )
+        body = _Body(response.stream, self, request, connection, origin_request)
+        return response.status, response.headers, body, response.extensions
 
     def _checkout(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
         while True:
@@ -140,7 +264,7 @@ class Pool:
             origin=origin,
             ssl_context=self._ssl_context,
             keepalive_expiry=self._keepalive_expiry,
-            network_backend=self._backend,
+            network_backend=self._backend,  # type: ignore[arg-type]  # duck-typed NetworkBackend
         )
 
     def _checkin(self, origin: httpcore.Origin, connection: httpcore.HTTPConnection) -> None:
@@ -177,11 +301,14 @@ class Pool:
             connection.close()
 
 
-class _CorkedStream(httpcore.NetworkStream):
+class _CorkedStream:
     """Writes wait for the next read, so a request's headers and body leave in one send
-    rather than two (h11 writes them apart): a syscall less per call on both ends."""
+    rather than two (h11 writes them apart): a syscall less per call on both ends.
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    httpcore's ``NetworkStream`` interface, by duck typing: subclassing it would make this
+    module fail to import if a release moved the class."""
+
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
         self._pending: list[bytes] = []
         self._timeout: float | None = None
@@ -208,7 +335,7 @@ class _CorkedStream(httpcore.NetworkStream):
 
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
+    ) -> _CorkedStream:
         self._flush()
         return _CorkedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
 
@@ -216,17 +343,30 @@ class _CorkedStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class _CorkedBackend(httpcore.SyncBackend):
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _CorkedStream(super().connect_tcp(*args, **kwargs))
+class _CorkedBackend:
+    """httpcore's ``SyncBackend``, its TCP streams corked; a wrapper, not a subclass, for
+    the same reason as ``_CorkedStream``."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> _CorkedStream:
+        return _CorkedStream(self._inner.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.connect_unix_socket(*args, **kwargs)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
 
 
 def _key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
     return origin.scheme, origin.host, origin.port
 
 
-class _Body:
-    """A response body that hands its connection back to the pool when closed.
+class _Body(httpx.SyncByteStream):
+    """A response body that hands its connection back to the pool when closed, and raises
+    httpx's errors (as ``httpx.HTTPTransport``'s body does) for httpcore's.
 
     A caller that stops reading before the end (an SSE stream is done at ``[DONE]``, before
     the closing chunk) would cost the connection: closing then reads on for a moment, so
@@ -239,8 +379,10 @@ class _Body:
         pool: Pool,
         request: httpcore.Request,
         connection: httpcore.HTTPConnection,
+        origin_request: httpx.Request,
     ) -> None:
         self._stream = stream
+        self._origin_request = origin_request
         self._pool = pool
         self._request = request
         self._connection: httpcore.HTTPConnection | None = connection
@@ -258,6 +400,12 @@ class _Body:
             except StopIteration:
                 self._complete = True
                 return
+            except Exception as exc:
+                self.close()
+                mapped = _mapped(exc, self._origin_request)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
             except BaseException:
                 self.close()
                 raise

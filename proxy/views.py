@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -34,8 +35,16 @@ log = logging.getLogger(__name__)
 View = Callable[..., HttpResponseBase]
 
 
-def api_view(*methods: str) -> Callable[[View], View]:
-    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response.
+Render = Callable[[TollwayError, HttpRequest], HttpResponse]
+
+
+def openai_error(exc: TollwayError, request: HttpRequest) -> HttpResponse:
+    return error_response(exc)
+
+
+def api_view(*methods: str, render: Render = openai_error) -> Callable[[View], View]:
+    """Allow ``methods``, and turn any TollwayError into an OpenAI-shaped response (or
+    whatever shape ``render`` gives: the Messages endpoints answer in Anthropic's).
 
     The database being unreachable (an outage, for a key or model not yet cached) is 503
     ``service_unavailable``. Any other exception is a bug in Tollway: it is logged with its
@@ -55,7 +64,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 observe.call_refused(
                     request, exc.status, str(exc.code), provider=getattr(request, "tollway_provider", None)
                 )
-                response = error_response(exc)
+                response = render(exc, request)
                 if isinstance(exc, MethodNotAllowed):
                     response["Allow"] = ", ".join(methods)
                 return response
@@ -64,9 +73,9 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 log.warning("database unreachable on %s (request %s): %r", request.path, request_id, exc)
                 unavailable = database_unavailable()
                 observe.call_refused(request, unavailable.status, str(unavailable.code))
-                return error_response(unavailable)
+                return render(unavailable, request)
             except Exception:
-                return internal_error(request)
+                return internal_error(request, render)
 
         return wrapper
 
@@ -80,13 +89,13 @@ PROVIDER_HEADER = "x-tollway-provider"
 ATTEMPTS_HEADER = "x-tollway-attempts"
 
 
-def internal_error(request: HttpRequest) -> HttpResponse:
+def internal_error(request: HttpRequest, render: Render = openai_error) -> HttpResponse:
     """Log the exception being handled and answer 500 ``internal_error`` with the request id."""
     request_id = getattr(request, "request_id", None)
     log.exception("internal error on %s %s (request %s)", request.method, request.path, request_id)
     exc = InternalError(request_id)
     observe.call_refused(request, exc.status, str(exc.code))
-    return error_response(exc)
+    return render(exc, request)
 
 
 def _run(request: HttpRequest, principal: KeyPrincipal, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
@@ -195,21 +204,41 @@ def _model_object(listing: route.ModelListing) -> dict[str, Any]:
     return {"id": listing.name, "object": "model", "created": listing.created, "owned_by": listing.owned_by}
 
 
-@api_view("GET")
+def _anthropic_client(request: HttpRequest) -> bool:
+    """The anthropic SDKs and Claude Code send ``anthropic-version``: they get Anthropic's shapes."""
+    return "anthropic-version" in request.headers
+
+
+def _anthropic_model(listing: route.ModelListing) -> dict[str, Any]:
+    created = datetime.fromtimestamp(listing.created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"type": "model", "id": listing.name, "display_name": listing.name, "created_at": created}
+
+
+def models_error(exc: TollwayError, request: HttpRequest) -> HttpResponse:
+    if _anthropic_client(request):
+        from proxy.messages import errors as anthropic_errors
+
+        return anthropic_errors.error_response(exc, getattr(request, "request_id", None))
+    return error_response(exc)
+
+
+@api_view("GET", render=models_error)
 def models_list(request: HttpRequest) -> HttpResponseBase:
     principal = auth.authenticate(request)
-    listings = route.listings.get("all") or ()
-    return JsonResponse(
-        {"object": "list", "data": [_model_object(m) for m in listings if principal.allows_model(m.name)]}
-    )
+    listings = [m for m in route.listings.get("all") or () if principal.allows_model(m.name)]
+    if _anthropic_client(request):
+        data = [_anthropic_model(m) for m in listings]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return JsonResponse({"data": data, "has_more": False, "first_id": first, "last_id": last})
+    return JsonResponse({"object": "list", "data": [_model_object(m) for m in listings]})
 
 
-@api_view("GET")
+@api_view("GET", render=models_error)
 def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
     principal = auth.authenticate(request)
     for listing in route.listings.get("all") or ():
         if listing.name == model and principal.allows_model(model):
-            return JsonResponse(_model_object(listing))
+            return JsonResponse(_anthropic_model(listing) if _anthropic_client(request) else _model_object(listing))
     raise NotFound(
         f"The model `{model}` does not exist or you do not have access to it.",
         param="model",

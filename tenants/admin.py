@@ -14,13 +14,22 @@ from tenants.forms import ApiKeyAdminForm, TenantAdminForm, TenantUserCreationFo
 from tenants.models import ApiKey, Membership, Tenant
 
 
+def scopes_text(api_key: ApiKey) -> str:
+    """Scopes as words (``inference, billing``), not the JSON list they are stored as."""
+    return ", ".join(api_key.scopes or []) or "—"
+
+
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("display", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at")
+    fields = ("display", "name", "scopes_text", "created_at", "expires_at", "revoked_at", "last_used_at")
     readonly_fields = fields
+
+    @admin.display(description="scopes")
+    def scopes_text(self, obj: ApiKey) -> str:
+        return scopes_text(obj)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # keys are issued from the API key page, which shows the secret once
@@ -51,13 +60,26 @@ class TenantAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyAdminForm
-    list_display = ("display", "tenant", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at")
+    list_display = (
+        "display",
+        "tenant",
+        "name",
+        "scopes_text",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
     list_filter = ("tenant",)
     search_fields = ("key_id", "name", "tenant__slug", "tenant__name")
     list_select_related = ("tenant",)
     actions = ["revoke"]
     _editable = list(services.KEY_FIELDS)
     _stamps = ["created_at", "revoked_at", "last_used_at", "previous_expires_at"]
+
+    @admin.display(description="scopes")
+    def scopes_text(self, obj: ApiKey) -> str:
+        return scopes_text(obj)
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:

@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from tenants import selectors, services
+from tenants.forms import DashboardKeyForm
 from tenants.models import Membership
 
 PageView = Callable[..., HttpResponseBase]
@@ -61,13 +62,21 @@ def member_required(*roles: str) -> Callable[[PageView], PageView]:
 @member_required(Membership.Role.OWNER)
 def key_create(request: HttpRequest) -> HttpResponse:
     membership: Membership = request.membership  # type: ignore[attr-defined]
-    name = request.POST.get("name", "").strip()[:200]
-    scopes = [s for s in request.POST.getlist("scopes") if s] or ["inference"]
-    try:
-        created = services.api_key_create(tenant=membership.tenant, name=name, scopes=scopes)
-    except ValidationError as exc:
-        return render(request, "tollway/forbidden.html", {"errors": exc.messages}, status=400)
-    return render(request, "tollway/key_created.html", {"api_key": created.api_key, "plaintext": created.plaintext})
+    form = DashboardKeyForm(request.POST)
+    if form.is_valid():
+        try:
+            created = services.api_key_create(tenant=membership.tenant, **form.key_fields(membership.tenant))
+        except ValidationError as exc:
+            found = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+            for field, errors in found.items():
+                field = {"expires_at": "expires_on"}.get(field, field)
+                form.add_error(field if field in form.fields else None, errors)
+        else:
+            return render(
+                request, "tollway/key_created.html", {"api_key": created.api_key, "plaintext": created.plaintext}
+            )
+    # Nothing was made: the form again, with what was typed and what to fix.
+    return render(request, "tollway/key_form.html", {"form": form}, status=400)
 
 
 @require_POST

@@ -25,6 +25,10 @@ Otherwise the request's shape picks the fixture:
   ``thoughtSignature``); ``tools`` → ``function_call``;
   ``generationConfig.responseLogprobs`` → ``logprobs``; else ``generate_content``.
 
+The Anthropic one also answers ``POST /v1/messages/count_tokens`` from
+``count_tokens.json`` (refusing a body with ``max_tokens``, as Anthropic does), and records
+``anthropic-beta`` with the other auth headers.
+
 Like the real APIs, they refuse (400, in the provider's words) what those refuse and
 Tollway must never send: Gemini a tool schema keyword outside its ``Schema`` subset, or a
 Gemini 3 function call sent back without its ``thoughtSignature``; Anthropic a thinking
@@ -68,7 +72,7 @@ class Recorder:
     """Keeps the last requests received, for ``/_debug/requests``, and counts them all,
     for ``/_debug/stats``."""
 
-    AUTH_HEADERS = ("authorization", "x-api-key", "anthropic-version", "x-goog-api-key")
+    AUTH_HEADERS = ("authorization", "x-api-key", "anthropic-version", "anthropic-beta", "x-goog-api-key")
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -172,6 +176,10 @@ class AnthropicUpstream(FixtureUpstream):
     def handle(self, environ: dict[str, Any], start_response: StartResponse, body: Any) -> Iterable[bytes]:
         if self.api_key and environ.get("HTTP_X_API_KEY") != self.api_key:
             return self.error(start_response, 401)
+        if environ.get("PATH_INFO") == "/v1/messages/count_tokens" and environ.get("REQUEST_METHOD") == "POST":
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or "max_tokens" in body:
+                return self.error(start_response, 400)
+            return respond_json(start_response, 200, json.loads(self.fixture("count_tokens.json")))
         if environ.get("PATH_INFO") != "/v1/messages" or environ.get("REQUEST_METHOD") != "POST":
             return self.error(start_response, 404)
         if not isinstance(body, dict) or not body.get("max_tokens") or not isinstance(body.get("messages"), list):

@@ -15,13 +15,24 @@ from django.conf import settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_patched(code: str) -> str:
-    prelude = "from gevent import monkey; monkey.patch_all()\nfrom config import greenio\nassert greenio.install()\n"
-    result = subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+PATCHED = "from gevent import monkey; monkey.patch_all()\nfrom config import greenio\n"
+
+
+def run_patched(code: str, *, before_install: str = "") -> subprocess.CompletedProcess[str]:
+    """``code`` in a gevent-patched interpreter after ``greenio.install()``, which must
+    apply every patch unless ``before_install`` changed a library."""
+    install = "applied = greenio.install()\n"
+    if not before_install:
+        install += "assert applied == ('httpcore', 'redis', 'psycopg'), applied\n"
+    program = PATCHED + textwrap.dedent(before_install) + install + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return result
+
+
+def postgres_dsn() -> str:
+    db = settings.DATABASES["default"]
+    return f"host={db['HOST']} port={db['PORT']} user={db['USER']} password={db['PASSWORD']} dbname=postgres"
 
 
 def test_readiness_checks_tell_idle_data_and_closed_sockets_apart() -> None:
@@ -37,13 +48,12 @@ def test_readiness_checks_tell_idle_data_and_closed_sockets_apart() -> None:
         a.recv(1); b.close()
         print(h.is_socket_readable(a), r._socket_can_read(a, 0))
         """
-    )
+    ).stdout
     assert out.split("\n")[:3] == ["False False", "True True", "True True"]
 
 
 def test_postgres_waits_let_other_greenlets_run_and_keep_errors() -> None:
-    db = settings.DATABASES["default"]
-    dsn = f"host={db['HOST']} port={db['PORT']} user={db['USER']} password={db['PASSWORD']} dbname=postgres"
+    dsn = postgres_dsn()
     out = run_patched(
         f"""
         import time, gevent, psycopg
@@ -58,9 +68,46 @@ def test_postgres_waits_let_other_greenlets_run_and_keep_errors() -> None:
             print(type(exc).__name__)
         print(conns[2].execute("SELECT %s::int + 1", [41]).fetchone()[0])
         """
-    )
+    ).stdout
     took, error, answer = out.split()
     # Three 0.4 s queries at once: together, not one after another (1.2 s).
     assert float(took) < 0.8
     assert error == "AdminShutdown"
     assert answer == "42"
+
+
+def test_a_library_release_that_changed_what_a_patch_replaces_keeps_its_own_behaviour() -> None:
+    # given releases where redis-py renamed its check, psycopg's wait took other
+    # arguments, and httpcore's module failed to import at all
+    changed = """
+        import sys
+        import psycopg.waiting, redis._parsers.hiredis as r
+        r._socket_ready = r._socket_can_read
+        del r._socket_can_read
+        library_wait = psycopg.waiting.wait
+        def wait(gen, fd, *, interval=0.0, timeout=None):
+            return library_wait(gen, fd, interval, timeout)
+        psycopg.waiting.wait = wait
+        sys.modules["httpcore._backends.sync"] = None
+        """
+    # when the worker installs the patches, then nothing is patched and the worker still
+    # talks to Postgres, concurrently, through psycopg's own wait
+    result = run_patched(
+        f"""
+        print(applied)
+        assert psycopg.waiting.wait is wait
+        import time, gevent
+        conns = [psycopg.connect({postgres_dsn()!r}, autocommit=True) for _ in range(3)]
+        started = time.monotonic()
+        gevent.joinall([gevent.spawn(c.execute, "SELECT pg_sleep(0.4)") for c in conns], raise_error=True)
+        print(round(time.monotonic() - started, 1))
+        """,
+        before_install=changed,
+    )
+    applied, took = result.stdout.split("\n")[:2]
+    assert applied == "()"
+    assert float(took) < 0.8
+    # and the log says which patch was skipped, and why
+    assert "redis patch skipped" in result.stderr and "_socket_can_read is missing" in result.stderr
+    assert "psycopg patch skipped" in result.stderr and "takes (gen, fd, interval, timeout)" in result.stderr
+    assert "httpcore patch skipped" in result.stderr

@@ -39,7 +39,7 @@ def settings_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "TOLLWAY_VAR_DIR": tempfile.mkdtemp(prefix="settings-"),
     }
     return subprocess.run(
-        [sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=180
     )
 
 

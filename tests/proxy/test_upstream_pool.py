@@ -5,6 +5,7 @@ ran out is never used, and a full pool makes calls wait, then fail cleanly."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 from httpcore._backends.sync import SyncStream
@@ -61,7 +63,8 @@ def all_at_once(server: RawServer, calls: int) -> list[int]:
 def pool() -> Pool:
     found = upstream.pool()
     assert isinstance(found, Pool)
-    assert upstream.transport()._pool is found  # what httpx's transport sends through
+    transport = upstream.transport()
+    assert isinstance(transport, upstream.UpstreamTransport) and transport.pool is found
     return found
 
 
@@ -289,3 +292,45 @@ def test_idle_connections_left_past_their_keepalive_all_close_on_the_next_call(
     assert call(server.url) == 200
     assert server.accepted == 5
     assert pool().idle_count == 1, "the four stale ones closed at once, the new one kept"
+
+
+def test_a_body_that_stalls_fails_with_httpx_read_timeout(fresh_transport: None) -> None:
+    # The adapters catch httpx's errors: a stall mid-body must be one, not httpcore's.
+    server = RawServer(pieces=[STREAM_HEAD + DONE_CHUNK, b"0\r\n\r\n"], pause=2)
+    response = upstream.post(server.url, content=b"{}", headers={}, timeout={"connect": 5, "read": 0.2, "write": 5})
+    with pytest.raises(httpx.ReadTimeout):
+        response.read()
+    response.close()
+    assert pool().idle_count == 0, "a connection that timed out mid-body is not reused"
+
+
+@pytest.mark.parametrize(
+    ("symbol", "problem"),
+    [
+        ("SyncBackend", "httpcore.SyncBackend is missing"),
+        ("Origin", "httpcore.Origin is missing"),
+    ],
+)
+def test_an_httpcore_release_without_what_the_pool_uses_falls_back_to_httpx_own_transport(
+    fresh_transport: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    symbol: str,
+    problem: str,
+) -> None:
+    # given an httpcore release that renamed something the pool builds on
+    monkeypatch.delattr(httpcore, symbol)
+    server = RawServer()
+    # when calls go upstream
+    with caplog.at_level(logging.WARNING, logger="proxy.upstream"):
+        statuses = [call(server.url) for _ in range(3)]
+    # then they work, through httpx's own transport, and the log says why
+    assert statuses == [200] * 3
+    assert type(upstream.transport()) is httpx.HTTPTransport
+    assert upstream.pool() is None
+    assert problem in caplog.text and "HTTPTransport" in caplog.text
+    assert server.accepted == 1, "httpx's own pool reuses the connection too"
+
+
+def test_the_pool_finds_the_pinned_httpcore_as_it_expects() -> None:
+    assert upstream.pool_shape_problem() is None
