@@ -112,14 +112,16 @@ clean:
 
 # The benchmark (bench/run.py): QUICK=1 for a short run, PEER=litellm to compare in the
 # same run, RUNS=N rounds of P1 and P3 (default 3; the verdict takes the median), P4=1 for
-# the month close and the usage API on a 10,000,000-row ledger (1,000,000 with QUICK=1);
-# `make bench-p4` runs P4 alone, without the stack. It installs wrk, nginx and nginx's echo
+# the month close and the usage API on a 10,000,000-row ledger (1,000,000 with QUICK=1),
+# REDIS_HA=1 to add the cost per call of Redis Sentinel and Cluster against one Redis
+# (bench/redis_ha.py); `make bench-p4` runs P4 alone, without the stack. It installs wrk, nginx and nginx's echo
 # module (the slow streaming upstream) if missing.
 bench: $(STAMP) services
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
 	@test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || (apt-get update -qq && apt-get install -y -qq libnginx-mod-http-echo) || true
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) $(if $(P4),--p4) $(if $(RUNS),--runs $(RUNS))
+	$(if $(REDIS_HA),$(BIN)/python bench/redis_ha.py)
 
 bench-p4: $(STAMP) services
 	$(BIN)/python bench/run.py --only-p4 $(if $(QUICK),--quick)

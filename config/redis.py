@@ -26,6 +26,17 @@ through the client reports itself; code that sees an outage some other way calls
 
 The health state is per worker process: each worker finds out on its own, within one
 timeout, and nothing is shared that could itself hang.
+
+Three topologies, chosen by the settings (``docs/deploying/redis.md``):
+
+* one server, ``REDIS_URL``;
+* **Sentinel** (``REDIS_SENTINELS``, ``REDIS_SENTINEL_MASTER``): redis-py's Sentinel
+  client asks the sentinels for the master on every new connection, so after a failover
+  the first probe after the back-off reaches the new master;
+* **Cluster** (``REDIS_CLUSTER=1``, ``REDIS_URL`` naming any node): redis-py's cluster
+  client routes each command by its keys' hash slot. Every script keeps its keys in one
+  slot with a hash tag (``{t<tenant>}`` for admission, ``{<deployment>}`` for circuits).
+  The health state is one for the whole cluster: a hung node backs off all of Redis.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import logging
 import threading
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from django.conf import settings
@@ -41,11 +53,13 @@ from django_redis.client import DefaultClient
 from prometheus_client import Counter
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
+from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +208,26 @@ class GuardedRedis(redis.Redis):
         return GuardedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
+class GuardedClusterPipeline(ClusterPipeline):
+    """A cluster pipeline whose ``execute`` follows the shared health state."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return list(_guarded(super().execute, raise_on_error))
+
+
+class GuardedRedisCluster(RedisCluster):
+    """``redis.cluster.RedisCluster`` whose every command and pipeline follows the shared
+    health state."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return _guarded(super().execute_command, *args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> GuardedClusterPipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        pipe.__class__ = GuardedClusterPipeline  # the same object; only execute() is wrapped
+        return pipe
+
+
 _client: Any = None
 _client_lock = threading.Lock()
 
@@ -211,7 +245,21 @@ def connection_kwargs() -> dict[str, Any]:
     }
 
 
+def topology() -> str:
+    """``"single"``, ``"sentinel"`` or ``"cluster"``, from the settings."""
+    if getattr(settings, "REDIS_SENTINELS", None):
+        return "sentinel"
+    if getattr(settings, "REDIS_CLUSTER", False):
+        return "cluster"
+    return "single"
+
+
 def _build() -> Any:
+    kind = topology()
+    if kind == "sentinel":
+        return _build_sentinel()
+    if kind == "cluster":
+        return _build_cluster()
     # A bounded pool that makes a greenlet wait briefly for a free connection, rather than
     # fail at once, when a thousand requests want Redis together.
     pool = redis.BlockingConnectionPool.from_url(
@@ -221,6 +269,46 @@ def _build() -> Any:
         **connection_kwargs(),
     )
     return GuardedRedis(connection_pool=pool)
+
+
+def _build_sentinel() -> Any:
+    """The master of ``REDIS_SENTINEL_MASTER``, found through ``REDIS_SENTINELS``.
+    ``REDIS_URL`` gives the database number and the master's username and password."""
+    url = urlsplit(settings.REDIS_URL)
+    auth = {"username": unquote(url.username) if url.username else None}
+    auth["password"] = unquote(url.password) if url.password else None
+    conn = connection_kwargs()
+    sentinel = Sentinel(
+        settings.REDIS_SENTINELS,
+        # The sentinels themselves: the same short timeouts, no retries of their own.
+        sentinel_kwargs={
+            "socket_timeout": conn["socket_timeout"],
+            "socket_connect_timeout": conn["socket_connect_timeout"],
+            "retry": Retry(NoBackoff(), 0),
+            "password": settings.TOLLWAY["REDIS_SENTINEL_PASSWORD"] or None,
+        },
+        db=int(url.path.strip("/") or 0),
+        **auth,
+        **conn,
+    )
+    return sentinel.master_for(
+        settings.REDIS_SENTINEL_MASTER,
+        redis_class=GuardedRedis,
+        max_connections=int(settings.TOLLWAY["REDIS_MAX_CONNECTIONS"]),
+    )
+
+
+def _build_cluster() -> Any:
+    """A cluster client from ``REDIS_URL`` (any node; the others are discovered). It does
+    not retry on its own: an outage error backs off, and the probe finds the new layout."""
+    conn = connection_kwargs()
+    del conn["retry"]  # per node: none (redis-py's default); the client's own is below
+    return GuardedRedisCluster.from_url(
+        settings.REDIS_URL,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=int(settings.TOLLWAY["REDIS_MAX_CONNECTIONS"]),
+        **conn,
+    )
 
 
 def client() -> Any:
@@ -244,7 +332,10 @@ def forget_client() -> None:
     with _client_lock:
         old, _client = _client, None
     if old is not None:
-        old.connection_pool.disconnect()
+        old.close()
+        pool = getattr(old, "connection_pool", None)  # a cluster client has one per node, closed above
+        if pool is not None:
+            pool.disconnect()
 
 
 class CacheClient(DefaultClient):

@@ -17,11 +17,12 @@ import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 from corsheaders.defaults import default_headers as cors_default_headers
 
-from config.env import env
+from config.env import SettingError, env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.str("TOLLWAY_VAR_DIR", str(BASE_DIR / "var")))
@@ -198,7 +199,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Cache and Redis ------------------------------------------------------------------
 # One Redis client per process (config/redis.py), shared by Django's cache and every
 # other Redis user, with short timeouts and one back-off after an outage error.
-REDIS_URL = env.str("REDIS_URL")
+# Three topologies (docs/deploying/redis.md): one server (REDIS_URL); Sentinel
+# (REDIS_SENTINELS, the sentinels' host:port list, and REDIS_SENTINEL_MASTER; REDIS_URL
+# then gives only the database number and password); Cluster (REDIS_CLUSTER=1, REDIS_URL
+# naming any node).
+REDIS_SENTINELS: list[tuple[str, int]] = []
+for _sentinel in env.list("REDIS_SENTINELS"):
+    _host, _, _port = _sentinel.rpartition(":")
+    if not _host or not _port.isdigit():
+        raise SettingError(f"REDIS_SENTINELS: {_sentinel!r} is not host:port (e.g. sentinel-1:26379).")
+    REDIS_SENTINELS.append((_host, int(_port)))
+REDIS_SENTINEL_MASTER = env.str("REDIS_SENTINEL_MASTER", "mymaster")
+REDIS_CLUSTER = env.bool("REDIS_CLUSTER", False)
+REDIS_URL = env.str("REDIS_URL", f"redis://{REDIS_SENTINEL_MASTER}/0" if REDIS_SENTINELS else "")
+if REDIS_SENTINELS and REDIS_CLUSTER:
+    raise SettingError("REDIS_SENTINELS and REDIS_CLUSTER are both set: Tollway uses one or the other.")
+if REDIS_CLUSTER and not REDIS_URL:
+    raise SettingError("REDIS_CLUSTER=1 needs REDIS_URL naming one node of the cluster (redis://node-1:6379/0).")
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -223,9 +240,27 @@ else:
 # gunicorn writes and the worker reads, so scheduled work runs with no server at all.
 # Without a worker and without a broker, tasks run eagerly, inside the call that sends them.
 _LOCAL_WORKER = env.bool("TOLLWAY_LOCAL_WORKER", False)
+if REDIS_CLUSTER and not env.has("CELERY_BROKER_URL"):
+    raise SettingError(
+        "REDIS_CLUSTER=1: Celery cannot use a Redis Cluster as its broker. Set CELERY_BROKER_URL "
+        "to a plain Redis, a Sentinel set (sentinel://host:26379;sentinel://host2:26379) or RabbitMQ."
+    )
+_redis_broker = REDIS_URL
+if REDIS_SENTINELS:
+    # Kombu's Sentinel transport: one sentinel:// URL per sentinel, the master's name aside.
+    _master = urlsplit(REDIS_URL)
+    _auth = _master.netloc.rpartition("@")[0] + "@" if "@" in _master.netloc else ""  # as written: still quoted
+    _redis_broker = ";".join(
+        f"sentinel://{_auth}{host}:{port}/{_master.path.strip('/') or 0}" for host, port in REDIS_SENTINELS
+    )
 CELERY_BROKER_URL = env.str(
-    "CELERY_BROKER_URL", REDIS_URL or ("filesystem://localhost/" if _LOCAL_WORKER else "memory://")
+    "CELERY_BROKER_URL", _redis_broker or ("filesystem://localhost/" if _LOCAL_WORKER else "memory://")
 )
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {}
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": REDIS_SENTINEL_MASTER}
+    if env.has("REDIS_SENTINEL_PASSWORD"):
+        CELERY_BROKER_TRANSPORT_OPTIONS["sentinel_kwargs"] = {"password": env.str("REDIS_SENTINEL_PASSWORD")}
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not bool(REDIS_URL) and not env.has("CELERY_BROKER_URL") and not _LOCAL_WORKER
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -379,6 +414,8 @@ TOLLWAY: dict[str, Any] = {
     "REDIS_BACKOFF_SECONDS": env.float("REDIS_BACKOFF_SECONDS", 1.0),
     "REDIS_MAX_CONNECTIONS": env.int("REDIS_MAX_CONNECTIONS", 100),
     "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 0.5),
+    # The sentinels' own password (Sentinel's requirepass), if they have one.
+    "REDIS_SENTINEL_PASSWORD": env.str("REDIS_SENTINEL_PASSWORD"),
     # A reservation older than this is taken for a dead worker's and billed by the sweeper.
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.

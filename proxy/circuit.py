@@ -1,6 +1,6 @@
 """The circuit breaker: deployments that keep failing are ejected for a while, across replicas.
 
-State is one Redis hash per deployment (``tw:cb:<pk>``), so every replica sees the same
+State is one Redis hash per deployment (``tw:cb:{<pk>}``), so every replica sees the same
 circuit:
 
 * **closed**: traffic flows. Each failure counts; a success resets the count.
@@ -10,7 +10,7 @@ circuit:
   ``CIRCUIT_EJECT_SECONDS`` times its ejection count (capped at ``CIRCUIT_EJECT_MAX_SECONDS``),
   so a deployment that keeps failing is left alone longer each time.
 * **half-open**: after ``open_until``, exactly one request may probe it: the one that wins
-  ``SET NX`` on ``tw:cb:<pk>:probe``. Its success closes the circuit and forgets the
+  ``SET NX`` on ``tw:cb:{<pk>}:probe``. Its success closes the circuit and forgets the
   ejections; its failure ejects the deployment again at once.
 
 Reading the state of a model's deployments is one pipelined round trip; a success writes
@@ -26,6 +26,7 @@ does not ask it at all. The embedded default has no Redis, and no circuit breaki
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -46,12 +47,13 @@ clock: Callable[[], float] = time.time
 _clean_until: dict[int, float] = {}
 
 
+# Hash-tagged by deployment: a script's two keys share one slot in a Redis Cluster.
 def _key(pk: int) -> str:
-    return f"tw:cb:{pk}"
+    return f"tw:cb:{{{pk}}}"
 
 
 def _probe_key(pk: int) -> str:
-    return f"tw:cb:{pk}:probe"
+    return f"tw:cb:{{{pk}}}:probe"
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,10 @@ def _redis() -> Any:
 
 
 def _script(name: str, source: str) -> Any:
+    """The script, called through this process's client of the moment (``client=``)."""
     if name not in _scripts:
         _scripts[name] = _redis().register_script(source)
-    return _scripts[name]
+    return functools.partial(_scripts[name], client=_redis())
 
 
 def _redis_failed(exc: RedisError, what: str) -> None:

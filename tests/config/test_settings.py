@@ -86,6 +86,28 @@ def test_urls_give_the_production_profile() -> None:
     assert json.loads(pooler.stdout)["server_side_cursors"] is False
 
 
+def test_redis_sentinel_and_cluster_settings() -> None:
+    base = {"DATABASE_URL": "postgres://u@db/x", "SECRET_KEY": "x" * 50}
+    # Sentinel: the master's name and database; Celery's broker follows the same sentinels
+    sentinel = settings_with({**base, "REDIS_SENTINELS": "s1:26379,s2:26380", "REDIS_URL": "redis://:pw@mymaster/3"})
+    assert sentinel.returncode == 0, sentinel.stderr
+    assert json.loads(sentinel.stdout)["broker"] == "sentinel://:pw@s1:26379/3;sentinel://:pw@s2:26380/3"
+    # Mistakes stop the process at start, naming the fix
+    for env, message in (
+        ({"REDIS_SENTINELS": "s1"}, "is not host:port"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://node-1:6379/0"}, "Set CELERY_BROKER_URL"),
+        ({"REDIS_CLUSTER": "1"}, "needs REDIS_URL"),
+        ({"REDIS_CLUSTER": "1", "REDIS_SENTINELS": "s1:26379"}, "one or the other"),
+    ):
+        refused = settings_with({**base, **env})
+        assert refused.returncode != 0 and message in refused.stderr, (env, refused.stderr[-300:])
+    cluster = settings_with(
+        {**base, "REDIS_CLUSTER": "1", "REDIS_URL": "redis://node-1:6379/0", "CELERY_BROKER_URL": "redis://q:6379/0"}
+    )
+    assert cluster.returncode == 0, cluster.stderr
+    assert json.loads(cluster.stdout)["broker"] == "redis://q:6379/0"
+
+
 def test_secret_key_has_no_default_without_debug() -> None:
     result = settings_with({"DATABASE_URL": "postgres://u@localhost/x"})
     assert result.returncode != 0
