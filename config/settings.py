@@ -258,6 +258,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "close-months": {"task": "billing.close_months", "schedule": 3600.0},
     "sweep-invoices": {"task": "billing.sweep_invoices", "schedule": 900.0},
     "monthly-reports": {"task": "billing.monthly_reports", "schedule": 6 * 3600.0},
+    "expire-responses": {"task": "proxy.expire_responses", "schedule": 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -399,6 +400,8 @@ TOLLWAY: dict[str, Any] = {
     # Response cache (proxy.respcache): seconds an answer is kept, and the share of its
     # price a hit is billed at (0 = free). Per tenant this belongs on the billing Plan.
     "RESPONSE_CACHE_SECONDS": env.int("TOLLWAY_RESPONSE_CACHE_SECONDS", 3600),
+    # The Responses API's stored responses (proxy.responses.store): days kept, as at OpenAI.
+    "RESPONSES_RETENTION_DAYS": env.int("TOLLWAY_RESPONSES_RETENTION_DAYS", 30),
     "CACHE_HIT_PRICE_FACTOR": env.str("TOLLWAY_CACHE_HIT_PRICE_FACTOR", "0"),
     # Active health checks (proxy.tasks.check_deployments): the beat interval, and the
     # timeout of each check request.
