@@ -193,7 +193,8 @@ def responses_request(
     items = input_items(body["input"])
     conversation = [*history, *items]
     metered = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "input")}
-    metered["input"] = conversation
+    # As sent, without the ids Tollway gives items: the response cache keys on this body.
+    metered["input"] = [*history, *([body["input"]] if isinstance(body["input"], str) else body["input"])]
     if body.get("max_output_tokens") is not None:
         metered["max_completion_tokens"] = body["max_output_tokens"]
     messages = [_message_text(item) for item in conversation]

@@ -76,7 +76,13 @@ def responses_create(http: HttpRequest) -> HttpResponseBase:
         previous, history = store.conversation(tenant_pk=principal.tenant_pk, response_id=previous_id)
         previous_pk, root_id = previous.pk, previous.root_id
     call = request.responses_request(body, history=history, previous_pk=previous_pk, root_id=root_id)
-    return _run(http, principal, call, _answer, cached=_from_cache)
+    try:
+        return _run(http, principal, call, _answer, cached=_from_cache)
+    except InvalidRequest as exc:
+        if exc.param == "max_completion_tokens":  # admission reads chat's name for it
+            exc.param = "max_output_tokens"
+            exc.message = exc.message.replace("'max_completion_tokens'", "'max_output_tokens'")
+        raise
 
 
 @api_view("GET", "DELETE")

@@ -432,3 +432,70 @@ def test_unauthenticated_and_alias(api: Api, catalog: Catalog) -> None:
     anonymous = Api(api.client, None)
     assert create(anonymous, {"model": "gpt-4.1", "input": "Hi"}).status_code == 401
     assert create(api, {"model": "gpt-4.1", "input": "Hi"}, prefix="/api/v1").status_code == 200
+
+
+def test_max_output_tokens_is_admitted_and_cut_as_incomplete(api: Api, catalog: Catalog) -> None:
+    too_many = create(api, {"model": "gpt-4.1", "input": "Hi", "max_output_tokens": 10**9})
+    assert too_many.status_code == 400
+    assert too_many.json()["error"]["param"] == "max_output_tokens"
+    assert "'max_output_tokens'" in too_many.json()["error"]["message"]
+    short = create(api, {"model": "gpt-4.1", "input": "Hi", "max_output_tokens": 3}).json()
+    assert short["status"] == "incomplete" and short["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert short["usage"]["output_tokens"] == 3 and short["output"][0]["status"] == "incomplete"
+    events = conforming(
+        events_of(create(api, {"model": "gpt-4.1", "input": "Hi", "max_output_tokens": 3, "stream": True}))
+    )
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_response_cache_serves_translated_calls(api: Api, catalog: Catalog) -> None:
+    body = {"model": "gpt-4.1", "input": "Cache me", "temperature": 0}
+    headers = {**api.headers(), "x-tollway-cache": "use"}
+
+    def post(extra: dict[str, Any]) -> Any:
+        data = json.dumps({**body, **extra})
+        return api.client.post("/v1/responses", data=data, content_type="application/json", headers=headers)
+
+    miss = post({})
+    hit = post({})
+    assert (miss["x-tollway-cache"], hit["x-tollway-cache"]) == ("MISS", "HIT")
+    validate("Response", hit.json())
+    assert text_of(hit.json()) == text_of(miss.json()) and hit.json()["id"] != miss.json()["id"]
+    streamed = post({"stream": True})
+    assert streamed["x-tollway-cache"] == "HIT"
+    events = conforming(events_of(streamed))
+    assert text_of(events[-1]["response"]) == text_of(miss.json())
+    assert list(UsageRecord.objects.order_by("created_at").values_list("cache_hit", flat=True)) == [False, True, True]
+
+
+@pytest.mark.parametrize("route", ["translated", "native"])
+def test_client_leaving_mid_stream_is_billed_from_the_providers_count(
+    rf: Any, key: services.CreatedKey, route: str, native: str, chat_only: str
+) -> None:
+    from django.core.signals import request_finished
+    from django.db import close_old_connections
+
+    from proxy.responses import views
+
+    # given a client that reads three events of a stream and leaves
+    model = native if route == "native" else chat_only
+    request = rf.post(
+        "/v1/responses",
+        data={"model": model, "input": "I will leave early", "stream": True},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {key.plaintext}"},
+    )
+    request.request_id = f"req-leaves-{route}"
+    response = views.responses_create(request)
+    stream = iter(response)
+    assert all(next(stream).startswith(b"event: ") for _ in range(3))
+    request_finished.disconnect(close_old_connections)  # keep the test's transaction, as the test client does
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+    # then Tollway read on to the provider's usage and billed exactly that
+    row = UsageRecord.objects.get()
+    assert row.outcome == UsageRecord.Outcome.CLIENT_GONE and not row.usage_estimated
+    assert row.api == "responses" and row.output_tokens > 3
