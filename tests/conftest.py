@@ -21,6 +21,7 @@ from django.test import Client
 
 from billing import admission
 from billing.models import Model, Price
+from config import redis as shared_redis
 from proxy import circuit
 from proxy.models import Deployment, Provider
 from proxy.route import listings, routes
@@ -42,7 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -179,10 +180,10 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with empty caches: the database is rolled back between tests
     without signals, so cached keys and routes from a previous test must not survive."""
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    shared_redis.reset()
     cache.clear()
     activity.forget_local()
     monkeypatch.setattr(admission, "_redis_down_until", 0.0)
-    monkeypatch.setattr(circuit, "_redis_down_until", 0.0)
     circuit.forget_local()
     for tier in (principals, routes, listings):
         tier.clear_local()
