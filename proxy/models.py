@@ -60,6 +60,10 @@ class Provider(models.Model):
     def clean(self) -> None:
         if self.kind != self.Kind.MOCK and not self.base_url:
             raise ValidationError({"base_url": "A base URL is required for this kind of provider."})
+        if self.serves_responses and self.kind != self.Kind.OPENAI:
+            raise ValidationError(
+                {"serves_responses": "Only an OpenAI-compatible provider can serve the Responses API."}
+            )
         if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
             raise ValidationError({"api_key_env": "Use an environment variable name, e.g. OPENAI_API_KEY."})
 

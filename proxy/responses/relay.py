@@ -61,14 +61,19 @@ def _final(call: meter.Call, body: dict[str, Any]) -> dict[str, Any]:
         created_at=request.created_at,
     )
     if request.store and body.get("status") in ("completed", "incomplete"):
-        store.stored_response_create(
-            tenant_pk=call.principal.tenant_pk,
-            response_id=request.response_id,
-            root_id=request.root_id,
-            previous_pk=request.previous_pk,
-            body=body,
-            input_items=request.items,
-        )
+        try:
+            store.stored_response_create(
+                tenant_pk=call.principal.tenant_pk,
+                response_id=request.response_id,
+                root_id=request.root_id,
+                previous_pk=request.previous_pk,
+                body=body,
+                input_items=request.items,
+            )
+        except Exception:
+            # The call is answered and billed; failing it now would charge for nothing.
+            # Without its row, a later GET or previous_response_id answers 404.
+            log.exception("request %s: could not store response %s", call.request_id, request.response_id)
     return body
 
 

@@ -62,7 +62,7 @@ def _check_item(index: int, item: Any) -> None:
     if not isinstance(kind, str):
         raise _bad(f"{where}.type must be a string.", f"{where}.type")
     if kind == "message":
-        if item.get("role") not in MESSAGE_ROLES:
+        if not isinstance(item.get("role"), str) or item["role"] not in MESSAGE_ROLES:
             roles = ", ".join(sorted(MESSAGE_ROLES))
             raise _bad(f"{where}.role must be one of {roles}; got {params.shown(item.get('role'))}.", f"{where}.role")
         content = item.get("content")
@@ -80,7 +80,10 @@ def _check_item(index: int, item: Any) -> None:
     elif kind == "function_call_output":
         if not isinstance(item.get("call_id"), str):
             raise _bad(f"{where}.call_id must be a string.", f"{where}.call_id")
-        if not isinstance(item.get("output"), str | list):
+        output = item.get("output")
+        if not isinstance(output, str) and not (
+            isinstance(output, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in output)
+        ):
             raise _bad(f"{where}.output must be a string or an array of content parts.", f"{where}.output")
 
 
@@ -115,12 +118,26 @@ def _tools(value: Any) -> None:
             raise _bad(f"tools[{index}].name must be a non-empty string.", f"tools[{index}].name")
 
 
+FORMATS = ("text", "json_object", "json_schema")
+
+
 def _text(value: Any) -> None:
     fmt = value.get("format") if isinstance(value, dict) else None
     if not isinstance(value, dict) or (fmt is not None and not isinstance(fmt, dict)):
         raise _bad('\'text\' must be an object, e.g. {"format": {"type": "json_schema", ...}}.', "text")
+    if isinstance(fmt, dict) and fmt.get("type") not in FORMATS:
+        raise _bad(f"'text.format.type' must be one of {', '.join(FORMATS)}.", "text.format.type")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and not isinstance(fmt.get("schema"), dict):
         raise _bad("'text.format.schema' must be a JSON Schema object.", "text.format.schema")
+
+
+def _tool_choice(name: str, value: Any) -> None:
+    if value in ("auto", "none", "required"):
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise _bad("'tool_choice' must be auto, none, required, or an object with a 'type'.", name)
+    if value["type"] == "function" and not isinstance(value.get("name"), str):
+        raise _bad("'tool_choice.name' must name a function.", "tool_choice.name")
 
 
 def _object(name: str, value: Any) -> None:
@@ -161,9 +178,11 @@ def responses_body(request: HttpRequest) -> tuple[dict[str, Any], str | None]:
     _optional(body, "top_p", params.number(0, 1))
     _optional(body, "tools", lambda _, v: _tools(v))
     _optional(body, "text", lambda _, v: _text(v))
+    _optional(body, "tool_choice", _tool_choice)
     _optional(body, "reasoning", _object)
     _optional(body, "metadata", params.string_map)
     _optional(body, "instructions", _instructions)
+    _optional(body, "user", params.string)
     for name in ("parallel_tool_calls", "stream", "store", "background"):
         _flag(body, name, False)
     if body.get("stream_options") is not None and not body.get("stream"):

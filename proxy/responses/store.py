@@ -33,7 +33,14 @@ def stored_responses(*, tenant_pk: int) -> QuerySet[StoredResponse]:
     return StoredResponse.objects.filter(tenant_id=tenant_pk, created_at__gte=cutoff)
 
 
+def _plausible(response_id: str) -> bool:
+    """Whether an id could be stored at all (Postgres refuses NUL in a query)."""
+    return 0 < len(response_id) <= 64 and "\x00" not in response_id
+
+
 def stored_response_get(*, tenant_pk: int, response_id: str, param: str | None = None) -> StoredResponse:
+    if not _plausible(response_id):
+        raise not_found(response_id[:64], param)
     row = stored_responses(tenant_pk=tenant_pk).filter(response_id=response_id).first()
     if row is None:
         raise not_found(response_id, param)
@@ -105,6 +112,8 @@ def stored_response_create(
 
 
 def stored_response_delete(*, tenant_pk: int, response_id: str) -> None:
+    if not _plausible(response_id):
+        raise not_found(response_id[:64])
     deleted, _ = stored_responses(tenant_pk=tenant_pk).filter(response_id=response_id).delete()
     if not deleted:
         raise not_found(response_id)

@@ -139,7 +139,8 @@ def response_input_tokens(http: HttpRequest) -> HttpResponseBase:
     history: list[dict[str, Any]] = []
     if isinstance(body.get("previous_response_id"), str):
         _, history = store.conversation(tenant_pk=principal.tenant_pk, response_id=body["previous_response_id"])
+    given = body.get("input") if body.get("input") is not None else []
     counted = request.responses_request(
-        {**body, "input": body.get("input") if body.get("input") is not None else []}, history=history
+        {**body, "model": str(body.get("model") or ""), "input": given}, history=history
     )
     return JsonResponse({"object": "response.input_tokens", "input_tokens": tokens.prompt_tokens(counted.messages)})

@@ -499,3 +499,13 @@ def test_client_leaving_mid_stream_is_billed_from_the_providers_count(
     row = UsageRecord.objects.get()
     assert row.outcome == UsageRecord.Outcome.CLIENT_GONE and not row.usage_estimated
     assert row.api == "responses" and row.output_tokens > 3
+
+
+def test_only_openai_kind_providers_may_serve_responses(db: None) -> None:
+    from django.core.exceptions import ValidationError
+
+    provider = Provider(
+        name="claude", kind=Provider.Kind.ANTHROPIC, base_url="https://a.test/v1", serves_responses=True
+    )
+    with pytest.raises(ValidationError, match="OpenAI-compatible"):
+        provider.full_clean()
