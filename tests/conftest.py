@@ -53,6 +53,8 @@ def wait_for_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[Any] |
             return
         except httpx.HTTPError:
             time.sleep(0.1)
+    if proc is not None:  # a server that never came up must not outlive the test
+        stop(proc)
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
