@@ -296,6 +296,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "batches-tick": {"task": "batches.tick", "schedule": env.float("TOLLWAY_BATCH_TICK_SECONDS", 30.0)},
     # The ledger's monthly partitions made ahead; old months archived (billing.partitions).
     "ledger-partitions": {"task": "billing.ledger_partitions", "schedule": 3600.0},
+    # The Responses API's stored responses past their retention (proxy.responses).
+    "expire-responses": {"task": "proxy.expire_responses", "schedule": 3600.0},
 }
 
 # --- Auth, i18n, static ---------------------------------------------------------------
@@ -472,6 +474,8 @@ TOLLWAY: dict[str, Any] = {
     # Response cache (proxy.respcache): seconds an answer is kept, and the share of its
     # price a hit is billed at (0 = free). Per tenant this belongs on the billing Plan.
     "RESPONSE_CACHE_SECONDS": env.int("TOLLWAY_RESPONSE_CACHE_SECONDS", 3600),
+    # The Responses API's stored responses (proxy.responses.store): days kept, as at OpenAI.
+    "RESPONSES_RETENTION_DAYS": env.int("TOLLWAY_RESPONSES_RETENTION_DAYS", 30),
     "CACHE_HIT_PRICE_FACTOR": env.str("TOLLWAY_CACHE_HIT_PRICE_FACTOR", "0"),
     # The Batch API (batches/): the largest file and the most requests in one, as OpenAI's;
     # how many lines of one tenant run at once, and how many on one deployment, across every

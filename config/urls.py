@@ -11,12 +11,17 @@ from config.middleware import is_api_path
 from proxy import views as proxy_views
 from proxy import views_web as proxy_pages
 from proxy.messages import views as messages_views
+from proxy.responses import views as responses_views
 from tenants import web as tenant_pages
 
 v1: list[URLPattern | URLResolver] = [
     path("chat/completions", proxy_views.chat_completions, name="chat-completions"),
     path("completions", proxy_views.completions, name="completions"),
     path("embeddings", proxy_views.embeddings, name="embeddings"),
+    path("responses", responses_views.responses_create, name="responses"),
+    path("responses/input_tokens", responses_views.response_input_tokens, name="responses-input-tokens"),
+    path("responses/<str:response_id>", responses_views.response_detail, name="response-detail"),
+    path("responses/<str:response_id>/input_items", responses_views.response_input_items, name="response-input-items"),
     path("models", proxy_views.models_list, name="models"),
     # Anthropic's Messages API (Claude Code, the anthropic SDKs): proxy/messages/.
     path("messages", messages_views.messages, name="messages"),

@@ -43,6 +43,7 @@ class ProviderForm(forms.ModelForm):
             "idle_timeout",
             "total_timeout",
             "drop_unsupported_params",
+            "serves_responses",
         )
 
     def clean_api_key(self) -> str:
@@ -70,7 +71,7 @@ class ProviderAdmin(admin.ModelAdmin):
     search_fields = ("name", "base_url")
     readonly_fields = ("credential_status",)
     fieldsets = (
-        (None, {"fields": ("name", "kind", "base_url", "is_active", "drop_unsupported_params")}),
+        (None, {"fields": ("name", "kind", "base_url", "is_active", "drop_unsupported_params", "serves_responses")}),
         ("Credential", {"fields": ("credential_status", "api_key_env", "api_key", "clear_api_key")}),
         (
             "Timeouts (seconds; empty = the TOLLWAY_UPSTREAM_* default)",

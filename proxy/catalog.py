@@ -5,7 +5,8 @@
     providers:
       - {name: local-mock, kind: mock}
       - {name: openai, kind: openai, base_url: "https://api.openai.com/v1", api_key_env: OPENAI_API_KEY,
-         timeouts: {connect: 5, first_byte: 60, idle: 30, total: 600}}
+         timeouts: {connect: 5, first_byte: 60, idle: 30, total: 600},
+         serves_responses: true}   # optional, default false: /v1/responses passes through
       - {name: anthropic, kind: anthropic, base_url: "https://api.anthropic.com/v1",
          api_key_env: ANTHROPIC_API_KEY, drop_unsupported_params: true}   # optional, default false
     models:
@@ -40,7 +41,16 @@ from django.utils.dateparse import parse_datetime
 from billing.models import Model, Price
 from proxy.models import Deployment, Provider
 
-PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "is_active", "timeouts", "drop_unsupported_params"}
+PROVIDER_KEYS = {
+    "name",
+    "kind",
+    "base_url",
+    "api_key_env",
+    "is_active",
+    "timeouts",
+    "drop_unsupported_params",
+    "serves_responses",
+}
 TIMEOUT_KEYS = {"connect", "first_byte", "idle", "total"}
 SECRET_HINTS = ("key", "secret", "token", "password")
 MODEL_KEYS = {"name", "owned_by", "is_active", "prices", "deployments"}
@@ -94,9 +104,9 @@ def _decimal(value: Any, where: str) -> Decimal | None:
     return amount
 
 
-def _flag(value: Any, where: str) -> bool:
+def _flag(value: Any, where: str, name: str = "drop_unsupported_params") -> bool:
     if not isinstance(value, bool):
-        raise CatalogError(f"{where}: drop_unsupported_params must be true or false.")
+        raise CatalogError(f"{where}: {name} must be true or false.")
     return value
 
 
@@ -125,6 +135,7 @@ def _provider(entry: Any, index: int, report: ImportReport) -> None:
         "api_key_env": entry.get("api_key_env") or "",
         "is_active": entry.get("is_active", True),
         "drop_unsupported_params": _flag(entry.get("drop_unsupported_params", False), f"provider {name}"),
+        "serves_responses": _flag(entry.get("serves_responses", False), f"provider {name}", "serves_responses"),
         **{f"{k}_timeout": float(timeouts[k]) if timeouts.get(k) is not None else None for k in TIMEOUT_KEYS},
     }
     obj = Provider.objects.filter(name=name).first()

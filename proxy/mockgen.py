@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -102,6 +103,47 @@ def _usage(prompt: int, completion: int) -> dict[str, Any]:
     }
 
 
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The last message's text if it is the user's (not a tool result), else None."""
+    last = messages[-1] if messages else {}
+    if last.get("role") != "user":
+        return None
+    return tokens.content_text(last.get("content"))[0]
+
+
+def tool_call(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The mock's tool call: when the request offers function tools and the user's last
+    message names one, it calls that tool (with the message as ``{"query": ...}``); after
+    the tool's result, it answers in text. Deterministic, so agents can be tested."""
+    tools = body.get("tools")
+    text = _last_user_text(body["messages"])
+    if not isinstance(tools, list) or body.get("tool_choice") == "none" or text is None:
+        return None
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if isinstance(name, str) and name and name in text:
+            digest = hashlib.sha256(f"{name}:{text}".encode()).hexdigest()[:24]
+            arguments = json.dumps({"query": text[:80]})
+            return {"id": f"call_{digest}", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return None
+
+
+def structured(body: Mapping[str, Any], text: str) -> str:
+    """With a ``json_schema`` response format, the answer as a JSON object of that schema's
+    properties (strings get the reply text, numbers its length, booleans true)."""
+    fmt = body.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, Mapping):
+        return text
+    values: dict[str, Any] = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        kind = prop.get("type") if isinstance(prop, Mapping) else None
+        values[name] = {"integer": len(text), "number": len(text), "boolean": True}.get(str(kind), text)
+    return json.dumps(values)
+
+
 def _completion_id(body: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(repr(body.get("messages")).encode()).hexdigest()[:24]
     return f"chatcmpl-mock{digest}"
@@ -113,17 +155,16 @@ def completion(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
     n = body["n"] if isinstance(body.get("n"), int) and body["n"] > 0 else 1
     choices = []
     completion_tokens = 0
+    call = tool_call(body)
     for index in range(n):
         text, finish = reply(messages, max_tokens=_max_tokens(body), index=index)
+        text = structured(body, text)
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if call is not None:
+            text, finish = call["function"]["name"] + call["function"]["arguments"], "tool_calls"
+            message.update(content=None, tool_calls=[call])
         completion_tokens += tokens.count(text)
-        choices.append(
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-        )
+        choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish})
     return {
         "id": _completion_id(body),
         "object": "chat.completion",
@@ -183,10 +224,20 @@ def chunks(
         yield {**chunk({}, finish), "usage": _usage(prompt, tokens.count(text))}
         return
     yield chunk({"role": "assistant", "content": "", "refusal": None})
-    for piece in tokens.pieces(text):
-        if chunk_delay:
-            time.sleep(chunk_delay)
-        yield chunk({"content": piece})
+    call = tool_call(body)
+    if call is not None:
+        function = call["function"]
+        text, finish = function["name"] + function["arguments"], "tool_calls"
+        opening = {"index": 0, "id": call["id"], "type": "function", "function": {"name": function["name"]}}
+        yield chunk({"tool_calls": [{**opening, "function": {**opening["function"], "arguments": ""}}]})
+        for piece in tokens.pieces(function["arguments"]):
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    else:
+        text = structured(body, text)
+        for piece in tokens.pieces(text):
+            if chunk_delay:
+                time.sleep(chunk_delay)
+            yield chunk({"content": piece})
     yield chunk({}, finish)
     if with_usage:
         yield {**base, "choices": [], "usage": _usage(prompt, tokens.count(text))}

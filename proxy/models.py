@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from billing.models import Model
+from tenants.models import Tenant
 
 
 class Provider(models.Model):
@@ -42,6 +43,12 @@ class Provider(models.Model):
         help_text="For a translated kind (Anthropic, Gemini): drop the parameters it cannot carry instead of "
         "answering 400 (like LiteLLM's drop_params). The README's parameter table lists them.",
     )
+    serves_responses = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="For an OpenAI-compatible provider that serves the Responses API (POST /responses): "
+        "/v1/responses calls are passed through to it. Otherwise they are translated to chat completions.",
+    )
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -53,6 +60,10 @@ class Provider(models.Model):
     def clean(self) -> None:
         if self.kind != self.Kind.MOCK and not self.base_url:
             raise ValidationError({"base_url": "A base URL is required for this kind of provider."})
+        if self.serves_responses and self.kind != self.Kind.OPENAI:
+            raise ValidationError(
+                {"serves_responses": "Only an OpenAI-compatible provider can serve the Responses API."}
+            )
         if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
             raise ValidationError({"api_key_env": "Use an environment variable name, e.g. OPENAI_API_KEY."})
 
@@ -127,3 +138,31 @@ class DeploymentHealth(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment}: {'ok' if self.ok else 'failing'}"
+
+
+class StoredResponse(models.Model):
+    """A Responses API answer kept for ``GET /v1/responses/{id}``, ``input_items`` and a
+    later ``previous_response_id`` (``proxy.responses.store``). Per tenant, deleted after
+    ``TOLLWAY_RESPONSES_RETENTION_DAYS`` by a beat task; never billed.
+
+    ``previous`` is the response this one continued: the conversation is the chain of
+    ``input_items`` and ``output`` up to its root, all rows sharing ``root_id``.
+    """
+
+    response_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    root_id = models.CharField(max_length=64, help_text="response_id of the conversation's first response")
+    created_at = models.DateTimeField()
+    body = models.JSONField(help_text="The response object as last sent (output, usage, status)")
+    input_items = models.JSONField(help_text="This turn's input items, with their ids")
+    instructions = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "root_id"], name="stored_response_conversation"),
+            models.Index(fields=["created_at"], name="stored_response_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.response_id

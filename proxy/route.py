@@ -56,6 +56,7 @@ class Target:
     api_key_encrypted: str = ""
     timeouts: Timeouts | None = None
     drop_params: bool = False  # the provider's drop_unsupported_params
+    serves_responses: bool = False  # the provider's serves_responses: /v1/responses passes through
 
     @property
     def limits(self) -> Timeouts:
@@ -86,6 +87,7 @@ def target_of(d: Deployment) -> Target:
         api_key_encrypted=d.provider.api_key_encrypted,
         timeouts=_timeouts(d.provider),
         drop_params=d.provider.drop_unsupported_params,
+        serves_responses=d.provider.serves_responses,
     )
 
 

@@ -98,9 +98,15 @@ def internal_error(request: HttpRequest, render: Render = openai_error) -> HttpR
     return render(exc, request)
 
 
-def _run(request: HttpRequest, principal: KeyPrincipal, chat: parse.ChatRequest, answer: Answer) -> HttpResponseBase:
+def _run(
+    request: HttpRequest,
+    principal: KeyPrincipal,
+    chat: parse.ChatRequest,
+    answer: Answer,
+    cached: Callable[[meter.Call, dict[str, Any]], HttpResponseBase] | None = None,
+) -> HttpResponseBase:
     """Stages 3 to 7 for an authenticated, parsed request; ``answer`` calls the adapter
-    and relays.
+    and relays, ``cached`` answers a response-cache hit (chat's shapes by default).
 
     Every attempt (``proxy.attempts``) runs under the one admission: a failure before
     anything billable releases it once, and the call that answers writes the one ledger row.
@@ -130,7 +136,7 @@ def _run(request: HttpRequest, principal: KeyPrincipal, chat: parse.ChatRequest,
     call.cache_key = respcache.key_for(chat, principal, respcache.mode(request, principal))
     try:
         hit = respcache.lookup(call.cache_key) if call.cache_key else None
-        response = _from_cache(call, hit) if hit is not None else attempts.run(call, picker, attempt)
+        response = (cached or _from_cache)(call, hit) if hit is not None else attempts.run(call, picker, attempt)
     except BaseException:
         meter.release(call)  # unless the provider answered, nothing billable happened
         raise

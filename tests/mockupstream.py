@@ -24,7 +24,8 @@ Faults are chosen by the upstream model name, so a deployment can point at one:
 * ``mock-stall``: a stream that sends its headers, then waits a second before its first
   chunk (a failure before the first byte that is not a status).
 
-It serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``, and
+It serves ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and the
+Responses API's ``/v1/responses`` (``tests.mockresponses``), and
 records what it received at ``/_debug/requests`` (see ``tests.mockproviders``).
 """
 
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import mockgen
+from tests import mockresponses
 from tests.mockproviders import AnthropicUpstream, GeminiUpstream, Recorder, read_json
 
 StartResponse = Callable[..., Any]
@@ -109,6 +111,12 @@ class MockUpstream:
             if body.get("prompt") is None:
                 return _error(start_response, 400, "'prompt' is required.")
             return self.answer(start_response, body, mockgen.text_completion, self.text_stream)
+        if path in ("/v1/responses", "/responses"):
+            if body.get("input") is None:
+                return _error(start_response, 400, "Missing required parameter: 'input'.")
+            if body.get("previous_response_id"):  # this mock stores nothing, as Tollway must assume
+                return _error(start_response, 404, f"Response with id '{body['previous_response_id']}' not found.")
+            return self.answer(start_response, body, mockresponses.answer, self.responses_stream)
         if path in ("/v1/embeddings", "/embeddings"):
             if self.latency:
                 time.sleep(self.latency)
@@ -159,6 +167,9 @@ class MockUpstream:
 
     def _delay(self, model: str) -> float:
         return 0.05 if model == "mock-slow" else self.chunk_delay
+
+    def responses_stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
+        yield from mockresponses.sse(body, model=model)
 
     def text_stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
         for chunk in mockgen.text_chunks(body, model=model, chunk_delay=self._delay(model)):

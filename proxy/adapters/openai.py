@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from config.errors import UpstreamError
 from proxy.adapters.base import (
     Completion,
     UpstreamStream,
@@ -16,11 +17,16 @@ from proxy.adapters.base import (
     cut_short,
     decode_chunk,
     json_of,
+    load_event,
     post,
     secret,
     usage_from_openai,
 )
 from proxy.route import Target
+from proxy.translate.responses import usage_from_response
+
+# The events that end a Responses stream.
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class _Stream(UpstreamStream):
@@ -29,6 +35,23 @@ class _Stream(UpstreamStream):
             if payload.strip() == "[DONE]":
                 return
             yield decode_chunk(payload)
+        raise cut_short()
+
+
+class _ResponsesStream(UpstreamStream):
+    """A native Responses stream: its typed events, as they come, until the terminal one."""
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        for payload in self.payloads():
+            if payload.strip() == "[DONE]":
+                break
+            event = load_event(payload)
+            if event.get("type") == "error":
+                message = str(event.get("message") or "unknown error")[:500]
+                raise UpstreamError(f"The upstream provider failed mid-stream: {message}")
+            yield event
+            if event.get("type") in RESPONSES_TERMINAL:
+                return
         raise cut_short()
 
 
@@ -67,3 +90,16 @@ class OpenAIAdapter:
 
     def embed(self, target: Target, body: dict[str, Any]) -> Completion:
         return self._complete(target, "/embeddings", body, "data")
+
+    # The Responses API, for a provider that serves it (Provider.serves_responses).
+
+    def responses(self, target: Target, body: dict[str, Any]) -> Completion:
+        response = post(target, self._url(target, "/responses"), body, self._headers(target), stream=False)
+        data = json_of(target, response)
+        if data.get("object") != "response" or not isinstance(data.get("output"), list):
+            raise bad_response(target, response.content)
+        return Completion(body=data, usage=usage_from_response(data.get("usage")))
+
+    def responses_stream(self, target: Target, body: dict[str, Any]) -> _ResponsesStream:
+        response = post(target, self._url(target, "/responses"), body, self._headers(target), stream=True)
+        return _ResponsesStream(target, response)

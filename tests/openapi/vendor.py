@@ -22,6 +22,10 @@ ROOTS = [
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    "Response",
+    "ResponseStreamEvent",
+    "ResponseItemList",
+    "TokenCountsResource",
 ]
 
 

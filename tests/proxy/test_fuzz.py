@@ -1,5 +1,5 @@
 """Hostile bodies and schema fuzzing (Hypothesis, seeded and bounded): whatever a client
-sends to chat, completions, embeddings, models or the management API, the answer is never
+sends to chat, completions, embeddings, responses, models or the management API, the answer is never
 a 5xx, and every error has OpenAI's shape.
 
 The bodies mix the documented parameters with values of every JSON type (huge integers,
@@ -78,6 +78,25 @@ MODEL = st.sampled_from(["gpt-4.1", "deepseek-v3"]) | JSON
 CHAT = body_of({"model": MODEL, "messages": MESSAGES}, CHAT_PARAMS)
 COMPLETION = body_of({"model": MODEL, "prompt": JSON | st.lists(st.integers(-5, 2**40), max_size=5)}, COMPLETION_PARAMS)
 EMBEDDING = body_of({"model": MODEL, "input": JSON | TEXT}, EMBEDDING_PARAMS)
+RESPONSES_PARAMS = [
+    "instructions", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "max_output_tokens",
+    "temperature", "top_p", "store", "previous_response_id", "include", "metadata", "truncation", "user",
+    "stream", "stream_options", "top_logprobs", "background", "conversation",
+]  # fmt: skip
+ITEM = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "web_search_call"])
+        | JSON,
+        "role": st.sampled_from(["user", "assistant", "developer"]) | JSON,
+        "content": JSON | TEXT,
+        "call_id": JSON,
+        "name": JSON,
+        "arguments": JSON,
+        "output": JSON,
+    },
+)
+RESPONSES = body_of({"model": MODEL, "input": st.lists(ITEM, min_size=1, max_size=3) | JSON | TEXT}, RESPONSES_PARAMS)
 
 
 @pytest.fixture
@@ -92,7 +111,8 @@ def assert_answered(response: Any) -> None:
         assert set(error) == {"message", "type", "param", "code"}, error
     if response.get("Content-Type", "").startswith("text/event-stream"):
         events = b"".join(response.streaming_content).decode().strip().split("\n\n")
-        assert events[-1] == "data: [DONE]" or '"error"' in events[-1], events[-1]
+        ended = ("data: [DONE]", "event: response.completed", "event: response.incomplete", "event: response.failed")
+        assert events[-1].startswith(ended) or '"error"' in events[-1], events[-1]
 
 
 def post(client: Client, token: str, path: str, body: Any) -> Any:
@@ -127,12 +147,22 @@ def test_embeddings(client: Client, catalog: Catalog, token: str) -> None:
     run()
 
 
+def test_responses(client: Client, catalog: Catalog, token: str) -> None:
+    @FUZZ
+    @given(body=RESPONSES, path=st.sampled_from(["/v1/responses", "/v1/responses/input_tokens"]))
+    def run(body: Any, path: str) -> None:
+        assert_answered(post(client, token, path, body))
+
+    run()
+
+
 def test_raw_bodies(client: Client, catalog: Catalog, token: str) -> None:
     nested = st.integers(1, 3000).map(lambda n: b'{"model": "gpt-4.1", "messages": ' + b"[" * n + b"]" * n + b"}")
 
     @FUZZ
     @given(
-        raw=st.binary(max_size=200) | nested, path=st.sampled_from(["chat/completions", "completions", "embeddings"])
+        raw=st.binary(max_size=200) | nested,
+        path=st.sampled_from(["chat/completions", "completions", "embeddings", "responses"]),
     )
     def run(raw: bytes, path: str) -> None:
         assert_answered(post(client, token, f"/v1/{path}", raw))
@@ -150,6 +180,8 @@ def test_models_and_the_management_api(client: Client, catalog: Catalog, token: 
             "/v1/keys/{s}",
             "/v1/keys/{s}/rotate",
             "/v1/invoices/{s}",
+            "/v1/responses/{s}",
+            "/v1/responses/{s}/input_items?limit={s}&after={s}&order={s}",
             "/v1/invoices/{s}.pdf",
             "/v1/invoices/{s}.csv",
             "/v1/keys?after={s}&limit={s}",
