@@ -343,6 +343,9 @@ TOLLWAY: dict[str, Any] = {
     # When Redis is unreachable: "open" lets rate limits pass (logged) and holds budgets
     # through Postgres row locks; "closed" refuses requests with 503 instead.
     "LIMITS_ON_REDIS_ERROR": env.choice("TOLLWAY_LIMITS_ON_REDIS_ERROR", "open", ["open", "closed"]),
+    # After Redis loses its memory, how long counter rebuilds wait for every worker to put
+    # its calls in flight back (billing.admission.inflight); each worker checks 4 times as often.
+    "REDIS_REREGISTER_SECONDS": env.float("TOLLWAY_REDIS_REREGISTER_SECONDS", 1.0),
     # A reservation older than this is taken for a dead worker's and billed by the sweeper.
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.

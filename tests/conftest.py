@@ -19,7 +19,9 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from billing import admission
+from billing.admission import connection as admission_connection
+from billing.admission import counters as admission_counters
+from billing.admission import inflight as admission_inflight
 from billing.models import Model, Price
 from proxy import circuit
 from proxy.models import Deployment, Provider
@@ -181,7 +183,9 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
     cache.clear()
     activity.forget_local()
-    monkeypatch.setattr(admission, "_redis_down_until", 0.0)
+    admission_connection.reset()
+    admission_counters.reset()
+    admission_inflight.reset()
     monkeypatch.setattr(circuit, "_redis_down_until", 0.0)
     circuit.forget_local()
     for tier in (principals, routes, listings):

@@ -18,3 +18,6 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; tests only
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
+# Tests flush Redis before each test; a rebuild after a flush waits this long for other
+# workers to re-register their calls in flight. The test process is the only worker.
+TOLLWAY = {**TOLLWAY, "REDIS_REREGISTER_SECONDS": 0.1}  # noqa: F405

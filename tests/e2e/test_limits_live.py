@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db.models import Sum
 
 from billing import admission
+from billing.admission import connection, keys
 from billing.models import Price, UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, cost_of
 from proxy import tokens
@@ -164,11 +165,12 @@ def test_killed_worker_leaves_a_reservation_the_sweeper_bills(
 
     thread = threading.Thread(target=call)
     thread.start()
-    redis = admission._redis()
+    redis = connection.client()
+    deadlines = keys.deadlines(tenant.pk)
     deadline = time.monotonic() + 5
-    while not redis.zcard(admission.DEADLINES) and time.monotonic() < deadline:
+    while not redis.zcard(deadlines) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert redis.zcard(admission.DEADLINES) == 1, "the call holds a reservation"
+    assert redis.zcard(deadlines) == 1, "the call holds a reservation"
 
     # when the worker dies mid-request
     for pid in worker_pids(proc.pid):
