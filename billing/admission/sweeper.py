@@ -59,6 +59,18 @@ def _bill_redis(client: object, tenant_id: int, request_id: str, *, worker: str 
     return int(inserted)
 
 
+def _bill_redis_logged(client: object, tenant_id: int, request_id: str, *, worker: str | None = None) -> int:
+    """``_bill_redis``; a reservation that cannot be billed is logged and left for the next
+    round, so one bad record cannot stop the others."""
+    try:
+        return _bill_redis(client, tenant_id, request_id, worker=worker)
+    except connection.RedisError:
+        raise
+    except Exception:
+        log.exception("admission: could not bill reservation %s of tenant %s", request_id, tenant_id)
+        return 0
+
+
 def _tenants(client: object) -> list[int]:
     return sorted(int(t) for t in client.smembers(keys.TENANTS_WITH_RESERVATIONS))  # type: ignore[attr-defined]
 
@@ -76,7 +88,7 @@ def sweep(now: float | None = None, batch: int = 500) -> int:
         client = connection.client()
         for tenant_id in _tenants(client):
             for raw in client.zrangebyscore(keys.deadlines(tenant_id), "-inf", at, start=0, num=batch):
-                billed += _bill_redis(client, tenant_id, _text(raw))
+                billed += _bill_redis_logged(client, tenant_id, _text(raw))
         counters.reconcile()
     for reservation in Reservation.objects.filter(deadline__lte=datetime.fromtimestamp(at, UTC))[:batch]:
         _, inserted = usage_record_from_reservation(request_id=reservation.request_id, record=reservation.record)
@@ -120,7 +132,7 @@ def reap_worker(worker_id: str) -> tuple[int, int]:
         client = connection.client()
         for tenant_id in _tenants(client):
             for raw in client.zrange(keys.deadlines(tenant_id), 0, -1):
-                billed += _bill_redis(client, tenant_id, _text(raw), worker=worker_id)
+                billed += _bill_redis_logged(client, tenant_id, _text(raw), worker=worker_id)
     for reservation in Reservation.objects.filter(worker=worker_id):
         _, inserted = usage_record_from_reservation(request_id=reservation.request_id, record=reservation.record)
         reservation.delete()
