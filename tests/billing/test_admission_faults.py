@@ -22,7 +22,8 @@ from billing.models import Model, Reservation, StaleCounters, UsageRecord
 from config.errors import InternalError
 from tenants.models import Tenant
 from tests.billing import factories
-from tests.billing.test_admission import BIG, FakeClock, budget_ask, clock, error, hold, set_limits  # noqa: F401
+from tests.billing.test_admission import FakeClock, budget_ask, error, hold, set_limits
+from tests.billing.test_admission import clock as clock  # the fixture, shared (re-exported by name)
 from tests.conftest import Api, Catalog, free_port, user
 
 pytestmark = pytest.mark.django_db
