@@ -26,6 +26,7 @@ log = logging.getLogger("billing.admission")
 
 REDIS_RETRY_SECONDS = 5.0
 _down_until = 0.0
+_recovered = True  # False from an outage until counters.recover() ran
 # Replies that mean "cannot serve now", not "your script is wrong".
 _UNAVAILABLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
@@ -51,7 +52,8 @@ def down() -> bool:
 
 
 def mark_down(exc: BaseException, policy: str) -> None:
-    global _down_until
+    global _down_until, _recovered
+    _recovered = False
     if not down():
         log.error("admission: Redis unreachable (%r); policy %s for up to %ss", exc, policy, REDIS_RETRY_SECONDS)
     _down_until = time.monotonic() + REDIS_RETRY_SECONDS
@@ -64,10 +66,21 @@ def mark_up() -> None:
     _down_until = 0.0
 
 
+def recovered() -> bool:
+    """Whether this worker has caught up since its last outage (``counters.recover``)."""
+    return _recovered
+
+
+def mark_recovered() -> None:
+    global _recovered
+    _recovered = True
+
+
 def reset() -> None:
     """Forget any outage (tests)."""
-    global _down_until
+    global _down_until, _recovered
     _down_until = 0.0
+    _recovered = True
 
 
 __all__ = ["RedisError", "client", "down", "mark_down", "mark_up", "outage", "reset"]

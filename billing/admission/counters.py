@@ -117,6 +117,30 @@ def flush_stale() -> None:
         log.warning("admission: counters of tenant %s invalidated after running without Redis", tenant_id)
 
 
+_recover_lock = threading.Lock()
+
+
+def recover() -> None:
+    """After an outage, before this worker trusts Redis again: invalidate the tenants it
+    marked, and those every other worker marked durably (a worker may come back before
+    the one that marked a tenant does). A read of a few rows, only after an outage.
+    Raises RedisError (or DatabaseError) if it cannot; it is tried again."""
+    if redis_connection.recovered():
+        return
+    with _recover_lock:
+        if redis_connection.recovered():
+            return
+        flush_stale()
+        try:
+            marked = list(StaleCounters.objects.values_list("tenant_id", flat=True))
+        except DatabaseError as exc:  # Postgres is down too: this worker's own marks are flushed
+            log.error("admission: could not read the stale counters after an outage: %r", exc)
+            marked = []
+        for tenant_id in marked:
+            invalidate(tenant_id)
+        redis_connection.mark_recovered()
+
+
 def reconcile() -> int:
     """The sweeper's half: invalidate every tenant marked durably (and not just now), then
     drop its mark, unless it was marked again meanwhile. Returns the tenants handled."""

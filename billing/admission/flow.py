@@ -40,6 +40,7 @@ def admit(ask: Ask) -> Admission:
     if not connection.down():
         inflight.ensure_keeper()
         try:
+            counters.recover()
             counters.flush_stale()
             return redis_path.admit(ask, at, month, start, end)
         except connection.RedisError as exc:

@@ -24,6 +24,7 @@ the tenants it marked stale, and retries the settles Redis could not take.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -32,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection as db_connection
 
 from billing.admission import connection, keys, scripts
 
@@ -191,6 +193,7 @@ def keep_once() -> None:
     from billing.admission import counters, flow  # both import this module
 
     boot = boot_mark()
+    counters.recover()  # before this worker's requests trust Redis again
     connection.mark_up()
     if boot != _boot:
         with _lock:  # settles wait: none can slip between the snapshot and its re-registration
@@ -219,6 +222,9 @@ def _keep_forever() -> None:
                 log.exception("admission keeper: Redis refused a command")
         except Exception:
             log.exception("admission keeper: round failed")
+        finally:
+            with contextlib.suppress(Exception):
+                db_connection.close()  # the recovery's read: back to the pool
         time.sleep(grace() / 4)
 
 
