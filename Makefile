@@ -84,11 +84,16 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
-# The live lane (tests that start gunicorn, Celery and nginx) once more, with every
-# server's database connections through a real PgBouncer in transaction mode
-# (tests/pgbouncer.py; Debian's pgbouncer package).
+# The live tests that write the ledger, budgets, invoices and sessions once more, with
+# every server's database connections through a real PgBouncer in transaction mode
+# (tests/pgbouncer.py; Debian's pgbouncer package). Live tests that never reach the
+# database from a server (CORS, gunicorn's own errors, the client libraries, process
+# supervision, the SQLite first hour) run once, in `make pytest`.
+POOLED_TESTS ?= tests/e2e/test_live_server.py tests/e2e/test_limits_live.py \
+	tests/e2e/test_alerts_live.py tests/e2e/test_graceful_stop.py tests/e2e/test_conformance.py \
+	tests/e2e/test_failover_live.py tests/e2e/test_browser.py tests/deploy/test_stack.py
 pytest-pgbouncer: $(STAMP) services
-	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS)
+	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS) $(POOLED_TESTS)
 
 test: lint typecheck docs pytest pytest-pgbouncer
 

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
+from config import redis
 from config.cache import TieredCache
 from config.errors import QuotaExceeded
 
@@ -204,7 +205,8 @@ def quota_refused(error: QuotaExceeded, *, tenant_id: int, month: str) -> QuotaE
     what = error.limit
     config = configs.get(str(tenant_id))
     try:
-        cache.set(_refusing_key(tenant_id), what or "budget", REFUSING_SECONDS)
+        if redis.cache_ready():
+            cache.set(_refusing_key(tenant_id), what or "budget", REFUSING_SECONDS)
     except Exception as exc:  # the banner is a nicety; the refusal must still be answered
         log.warning("alerts: could not mark tenant %s as refusing: %r", tenant_id, exc)
     budget_hit = what == "tenant_budget" and config is not None and config.budget and 100 in config.thresholds
@@ -212,6 +214,7 @@ def quota_refused(error: QuotaExceeded, *, tenant_id: int, month: str) -> QuotaE
         budget_hit
         and config is not None
         and config.budget
+        and redis.cache_ready()
         and cache.add(f"tw:alert:{tenant_id}:{month}:100", 1, 3456000)
     ):
         _enqueue(tenant_id=tenant_id, month=month, threshold="100", spend=config.budget, limit=config.budget)
@@ -224,6 +227,8 @@ def quota_refused(error: QuotaExceeded, *, tenant_id: int, month: str) -> QuotaE
 
 def refusing(tenant_id: int) -> str | None:
     """``tenant_budget``, ``key_budget`` or ``credit`` if calls were refused in the last ten minutes."""
+    if not redis.cache_ready():
+        return None
     try:
         value = cache.get(_refusing_key(tenant_id))
     except Exception:

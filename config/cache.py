@@ -9,6 +9,11 @@ which deletes the shared entry at once.
 The shared tier is used only when Redis is configured. In the embedded default each
 worker process has its own local-memory cache, so a shared tier would go stale across
 workers; there the local tier falls straight through to the database.
+
+While Redis is backing off after an outage (``config.redis``), the shared tier is
+skipped: reads go to the database. An invalidation that cannot reach Redis is kept and
+sent again as soon as Redis answers, so a revoked key does not live on in Redis for
+``SHARED_CACHE_SECONDS`` after an outage.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from django.conf import settings
 from django.core.cache import cache
 from prometheus_client import Counter
 
+from config import redis
+
 T = TypeVar("T")
 
 _MISSING = "__tollway_missing__"
@@ -30,7 +37,7 @@ _MAX_LOCAL_ENTRIES = 50_000
 
 
 def _shared_enabled() -> bool:
-    return bool(getattr(settings, "REDIS_URL", ""))
+    return redis.enabled()
 
 
 class TieredCache(Generic[T]):
@@ -41,6 +48,8 @@ class TieredCache(Generic[T]):
         self.loader = loader
         self._local: dict[str, tuple[float, T | None]] = {}
         self._lock = threading.Lock()
+        # Shared keys whose deletion Redis did not take (it was down): deleted once it answers.
+        self._pending: set[str] = set()
 
     def _shared_key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
@@ -58,9 +67,11 @@ class TieredCache(Generic[T]):
         return value
 
     def _fetch(self, key: str) -> T | None:
-        if not _shared_enabled():
+        if not _shared_enabled() or not redis.available():
             LOOKUPS.labels(self.namespace, "database").inc()
             return self.loader(key)
+        if self._pending:
+            self._delete_shared(list(self._pending))
         shared_key = self._shared_key(key)
         stored = cache.get(shared_key)
         if stored is not None:
@@ -80,7 +91,16 @@ class TieredCache(Generic[T]):
         for key in keys:
             self._local.pop(key, None)
         if keys and _shared_enabled():
-            cache.delete_many([self._shared_key(key) for key in keys])
+            self._delete_shared([self._shared_key(key) for key in keys])
+
+    def _delete_shared(self, shared_keys: list[str]) -> None:
+        # django-redis answers None, not a count, when it ignored an outage.
+        done = redis.available() and cache.delete_many(shared_keys) is not None  # type: ignore[func-returns-value]  # django-redis returns the count
+        with self._lock:
+            if done:
+                self._pending.difference_update(shared_keys)
+            else:
+                self._pending.update(shared_keys)
 
     def clear_local(self) -> None:
         self._local.clear()

@@ -194,6 +194,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Redis ------------------------------------------------------------------
+# One Redis client per process (config/redis.py), shared by Django's cache and every
+# other Redis user, with short timeouts and one back-off after an outage error.
 REDIS_URL = env.str("REDIS_URL")
 if REDIS_URL:
     CACHES = {
@@ -202,16 +204,8 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "tw:cache",
             "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
-                "SOCKET_CONNECT_TIMEOUT": 2,
-                "SOCKET_TIMEOUT": 2,
-                # A bounded pool that makes a greenlet wait for a free connection, rather
-                # than fail at once, when a thousand requests want Redis together.
-                "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
-                "CONNECTION_POOL_KWARGS": {
-                    "max_connections": env.int("REDIS_MAX_CONNECTIONS", 100),
-                    "timeout": env.float("REDIS_POOL_TIMEOUT", 5.0),
-                },
+                # The cache answers with config.redis.client(): its pool, timeouts and health.
+                "CLIENT_CLASS": "config.redis.CacheClient",
                 # A Redis outage degrades the cache to misses (reads go to Postgres), never to a 500.
                 "IGNORE_EXCEPTIONS": True,
             },
@@ -343,6 +337,15 @@ TOLLWAY: dict[str, Any] = {
     # When Redis is unreachable: "open" lets rate limits pass (logged) and holds budgets
     # through Postgres row locks; "closed" refuses requests with 503 instead.
     "LIMITS_ON_REDIS_ERROR": env.choice("TOLLWAY_LIMITS_ON_REDIS_ERROR", "open", ["open", "closed"]),
+    # Redis on the hot path (config/redis.py): how long a command waits for its answer and
+    # for a connection, then how long a worker stops asking Redis after a connection error
+    # or a timeout (its users take their fallbacks meanwhile); the connection pool per
+    # process, and how long a greenlet waits for a free connection in it.
+    "REDIS_SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", 0.05),
+    "REDIS_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", 0.1),
+    "REDIS_BACKOFF_SECONDS": env.float("REDIS_BACKOFF_SECONDS", 1.0),
+    "REDIS_MAX_CONNECTIONS": env.int("REDIS_MAX_CONNECTIONS", 100),
+    "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 0.5),
     # After Redis loses its memory, how long counter rebuilds wait for every worker to put
     # its calls in flight back (billing.admission.inflight); each worker checks 4 times as often.
     "REDIS_REREGISTER_SECONDS": env.float("TOLLWAY_REDIS_REREGISTER_SECONDS", 1.0),

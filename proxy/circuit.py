@@ -20,8 +20,8 @@ healthy request path usually pays no Redis read at all: another replica's ejecti
 here within that time, and this process's own failures at once.
 
 If Redis fails, every circuit reads as closed (traffic still flows, retries still
-exclude what failed) and the error is logged, at most once per ``REDIS_RETRY_SECONDS``.
-The embedded default has no Redis, and no circuit breaking.
+exclude what failed); while the worker backs off Redis (``config.redis``), the circuit
+does not ask it at all. The embedded default has no Redis, and no circuit breaking.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from config import redis
+
 log = logging.getLogger(__name__)
 
 # The clock: wall time, since replicas share ``open_until``. Tests may replace it.
 clock: Callable[[], float] = time.time
 
-REDIS_RETRY_SECONDS = 5.0
-_redis_down_until = 0.0
 # Deployments last read as clean: pk -> monotonic time the reading goes stale.
 _clean_until: dict[int, float] = {}
 
@@ -109,13 +109,11 @@ _scripts: dict[str, Any] = {}
 
 
 def _enabled() -> bool:
-    return bool(settings.REDIS_URL) and time.monotonic() >= _redis_down_until
+    return redis.available()
 
 
 def _redis() -> Any:
-    from django_redis import get_redis_connection
-
-    return get_redis_connection("default")
+    return redis.client()
 
 
 def _script(name: str, source: str) -> Any:
@@ -125,10 +123,9 @@ def _script(name: str, source: str) -> Any:
 
 
 def _redis_failed(exc: RedisError, what: str) -> None:
-    global _redis_down_until
-    if time.monotonic() >= _redis_down_until:
-        log.error("circuit: Redis unreachable while %s (%r); closed for %ss", what, exc, REDIS_RETRY_SECONDS)
-        _redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+    # An outage was noted by the client (config.redis) and is logged there, once.
+    if not isinstance(exc, redis.OUTAGE_ERRORS):
+        log.error("circuit: Redis refused a command while %s: %r", what, exc)
 
 
 def _float(value: Any) -> float:
@@ -223,7 +220,7 @@ def record_success(pk: int, health: Health, *, status: int, latency_ms: int) -> 
 
 def snapshot(pk: int) -> dict[str, str]:
     """Everything known about a deployment's circuit, for the admin ({} if nothing)."""
-    if not settings.REDIS_URL:
+    if not redis.enabled():
         return {}
     try:
         raw = _redis().hgetall(_key(pk))

@@ -17,7 +17,8 @@ A hit answers ``x-tollway-cache: HIT`` (a miss that was looked up, ``MISS``), re
 SSE for a streamed request, and writes the call's one ledger row with ``cache_hit`` set,
 ``attempts`` 0 and provider ``cache``, priced at the model's price times
 ``CACHE_HIT_PRICE_FACTOR`` (0 by default: free). Entries live ``RESPONSE_CACHE_SECONDS``
-in Django's cache (Redis; process memory in the embedded default).
+in Django's cache (Redis; process memory in the embedded default). While Redis is backing
+off after an outage (``config.redis``), every lookup is a miss and nothing is stored.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from django.core.cache import cache
 from django.http import HttpRequest
 
 from billing.pricing import PriceSnapshot, TokenUsage
+from config import redis
 from proxy.adapters.base import Completion, usage_from_openai
 from proxy.parse import CHAT, EMBEDDINGS, ChatRequest
 from proxy.route import Route
@@ -77,6 +79,8 @@ def key_for(chat: ChatRequest, principal: KeyPrincipal, how: str) -> str | None:
 
 
 def lookup(key: str) -> dict[str, Any] | None:
+    if not redis.cache_ready():
+        return None
     try:
         value = cache.get(key)
     except Exception as exc:  # a cache outage must not fail the request: it is a miss
@@ -87,7 +91,7 @@ def lookup(key: str) -> dict[str, Any] | None:
 
 def store(key: str | None, route: Route, body: dict[str, Any], usage: TokenUsage | None) -> None:
     """Keep an answer that ended well, with the provider's usage (never an estimate)."""
-    if key is None or usage is None:
+    if key is None or usage is None or not redis.cache_ready():
         return
     entry = {
         "body": json.loads(json.dumps(body)),  # a copy: the relay adds cost to the original

@@ -22,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from billing import spool
 from billing.ledger import UNREACHABLE
-from config import lifecycle
+from config import lifecycle, redis
 from config.errors import ErrorCode, InternalError, MethodNotAllowed, NotFound, TollwayError, database_unavailable
 from proxy import adapters, admit, attempts, auth, meter, observe, parse, relay, respcache, route
 from proxy.adapters.base import ChunkStream
@@ -247,6 +247,8 @@ def ready(request: HttpRequest) -> HttpResponse:
         log.warning("ready: database check failed: %r", exc)
         checks["database"] = "unavailable"
     try:
+        if not redis.cache_ready():  # backing off after an outage: do not wait on it again
+            raise ConnectionError("Redis is unreachable")
         cache.set("tw:ready", "1", 5)
         checks["cache"] = "ok" if cache.get("tw:ready") == "1" else "unavailable"
     except Exception as exc:

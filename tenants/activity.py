@@ -3,7 +3,8 @@
 Each worker notes a key's use at most once per ``LAST_USED_THROTTLE_SECONDS``. With
 Redis the note is a hash field, and the Celery task ``tenants.tasks.flush_last_used``
 writes the batch to Postgres every minute; without Redis (the embedded default) the
-throttled note is written straight to the database.
+throttled note is written straight to the database, as it is while Redis is backing off
+after an outage (``config.redis``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from config import redis
 from tenants.models import ApiKey
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,8 @@ REDIS_HASH = "tw:key-last-used"
 _noted: dict[int, float] = {}
 
 
-def _redis():  # type: ignore[no-untyped-def]  # django-redis ships no types
-    from django_redis import get_redis_connection
-
-    return get_redis_connection("default")
+def _redis():  # type: ignore[no-untyped-def]  # redis-py's client is untyped here
+    return redis.client()
 
 
 def key_used(api_key_pk: int) -> None:
@@ -36,18 +37,24 @@ def key_used(api_key_pk: int) -> None:
     if now - _noted.get(api_key_pk, -1e9) < settings.TOLLWAY["LAST_USED_THROTTLE_SECONDS"]:
         return
     _noted[api_key_pk] = now
-    if settings.REDIS_URL:
+    if redis.available():
         try:
             _redis().hset(REDIS_HASH, str(api_key_pk), f"{time.time():.3f}")
+            return
         except RedisError as exc:  # last_used_at is not worth failing a request over
-            log.warning("could not note use of key %s: %r", api_key_pk, exc)
-    else:
+            log.warning("could not note use of key %s in Redis: %r", api_key_pk, exc)
+            if not isinstance(exc, redis.OUTAGE_ERRORS):
+                return
+    # No Redis, or Redis is down: the throttled note goes straight to the database.
+    try:
         _write({api_key_pk: timezone.now()})
+    except DatabaseError as exc:  # nor a database outage: the ledger matters, this does not
+        log.warning("could not note use of key %s: %r", api_key_pk, exc)
 
 
 def flush() -> int:
     """Move the noted uses from Redis to Postgres. Returns how many keys were updated."""
-    if not settings.REDIS_URL:
+    if not redis.enabled():
         return 0
     pipe = _redis().pipeline(transaction=True)
     pipe.hgetall(REDIS_HASH)

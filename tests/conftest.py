@@ -23,6 +23,7 @@ from billing.admission import connection as admission_connection
 from billing.admission import counters as admission_counters
 from billing.admission import inflight as admission_inflight
 from billing.models import Model, Price
+from config import redis as shared_redis
 from proxy import circuit
 from proxy.models import Deployment, Provider
 from proxy.route import listings, routes
@@ -44,7 +45,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -54,6 +55,8 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] |
             return
         except httpx.HTTPError:
             time.sleep(0.1)
+    if proc is not None:  # a server that never came up must not outlive the test
+        stop(proc)
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
@@ -181,12 +184,12 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with empty caches: the database is rolled back between tests
     without signals, so cached keys and routes from a previous test must not survive."""
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    shared_redis.reset()
     cache.clear()
     activity.forget_local()
     admission_connection.reset()
     admission_counters.reset()
     admission_inflight.reset()
-    monkeypatch.setattr(circuit, "_redis_down_until", 0.0)
     circuit.forget_local()
     for tier in (principals, routes, listings):
         tier.clear_local()

@@ -18,6 +18,10 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; tests only
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
+# The shared test Redis serves several test runs on a loaded machine: a 50 ms answer
+# timeout would back off Redis (and loosen rate limits) at random. Tests that hang Redis
+# on purpose run their own server.
+TOLLWAY = {**TOLLWAY, "REDIS_SOCKET_TIMEOUT": 1.0, "REDIS_CONNECT_TIMEOUT": 1.0}  # noqa: F405
 # Tests flush Redis before each test; a rebuild after a flush waits this long for other
 # workers to re-register their calls in flight. The test process is the only worker.
-TOLLWAY = {**TOLLWAY, "REDIS_REREGISTER_SECONDS": 0.1}  # noqa: F405
+TOLLWAY = {**TOLLWAY, "REDIS_REREGISTER_SECONDS": 0.1}

@@ -18,8 +18,9 @@ The bound that remains: a worker stalled for longer than ``REDIS_REREGISTER_SECO
 (CPU starved, or cut off from Redis alone) re-registers late, and until then admission
 may take up to that worker's reservations in flight beyond the budget.
 
-The keeper also ends the worker's Redis back-off as soon as Redis answers, invalidates
-the tenants it marked stale, and retries the settles Redis could not take.
+The keeper also probes Redis after an outage (through ``config.redis``, whose back-off
+it shares), catches the worker up once Redis answers (``counters.recover``), and retries
+the settles Redis could not take.
 """
 
 from __future__ import annotations
@@ -192,9 +193,8 @@ def keep_once() -> None:
     global _boot
     from billing.admission import counters, flow  # both import this module
 
-    boot = boot_mark()
+    boot = boot_mark()  # Redis answers (the shared health state has seen it)
     counters.recover()  # before this worker's requests trust Redis again
-    connection.mark_up()
     if boot != _boot:
         with _lock:  # settles wait: none can slip between the snapshot and its re-registration
             calls = list(_calls.values())

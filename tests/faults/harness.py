@@ -306,7 +306,7 @@ class MockUpstream:
             stderr=log,
         )
         log.close()
-        wait_until(lambda: _answers(f"http://127.0.0.1:{self.port}/health"), 20, "the mock upstream")
+        wait_until(lambda: _answers(f"http://127.0.0.1:{self.port}/health"), 90, "the mock upstream")
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,259 @@
+"""One Redis client per process, and one Redis health state that every Redis user shares.
+
+Every Redis user (the key, route and account caches, admission, the circuit breaker, the
+response cache, key activity, spend-alert marks, ``/ready``) reaches Redis through
+:func:`client`; Django's cache gets the same client through :class:`CacheClient`.
+So one rule holds for all of them:
+
+* **Short timeouts.** A command waits at most ``REDIS_SOCKET_TIMEOUT`` (50 ms) for its
+  answer and ``REDIS_CONNECT_TIMEOUT`` (100 ms) to connect; a hung Redis costs a request
+  one such wait, never seconds. A refused or reset connection is retried once at once;
+  a timeout is not retried.
+* **A shared back-off.** After a connection error or a timeout, this worker stops asking
+  Redis for ``REDIS_BACKOFF_SECONDS`` (1 s): every command fails at once with
+  :class:`RedisUnavailable`, and each user takes its fallback (a cache miss read from
+  Postgres, budgets held by Postgres row locks, circuits read closed...). Then one
+  command, the probe, tries Redis; the others keep failing fast until it answers. Its
+  success ends the outage; its failure backs off again.
+* **Only outages count.** :data:`OUTAGE_ERRORS` (connection and timeout errors) start a
+  back-off. A command Redis refuses (a script error, a wrong type) proves Redis answers:
+  it is the caller's error to handle and never switches Redis off for anyone else.
+
+Users ask :func:`available` before work they can skip (a cache read) and catch
+``RedisError`` (which :class:`RedisUnavailable` is) around the rest. A command that fails
+through the client reports itself; code that sees an outage some other way calls
+:func:`failed`.
+
+The health state is per worker process: each worker finds out on its own, within one
+timeout, and nothing is shared that could itself hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+from django_redis.client import DefaultClient
+from prometheus_client import Counter
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+# The errors that mean Redis is down or hung. Anything else Redis answered is not an outage.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
+BACKOFFS = Counter("tollway_redis_backoffs_total", "Times a worker stopped asking Redis after an outage error")
+SKIPPED = Counter("tollway_redis_skipped_total", "Redis commands answered by a fallback while backing off")
+
+
+class RedisUnavailable(RedisConnectionError):
+    """Redis failed recently; this worker is not asking it until the back-off ends."""
+
+
+# --- the health state --------------------------------------------------------------------
+
+
+class _Health:
+    """When this worker may ask Redis again.
+
+    ``down_until`` is 0 while Redis is healthy (the fast path reads one attribute);
+    otherwise the monotonic time the back-off ends. ``probe_until`` is when the one
+    probe sent after the back-off counts as lost, if it never reported back.
+    """
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+        self.probe_until = 0.0
+        self.lock = threading.Lock()
+
+
+_health = _Health()
+
+
+def _conf(name: str) -> float:
+    return float(settings.TOLLWAY[name])
+
+
+def enabled() -> bool:
+    """Whether Redis is configured at all (the embedded default has none)."""
+    return bool(settings.REDIS_URL)
+
+
+def available() -> bool:
+    """Whether to ask Redis now: configured, and not backing off after an outage.
+
+    True also once the back-off is over and no probe is out, so some request probes.
+    """
+    if not enabled():
+        return False
+    down_until = _health.down_until
+    if down_until == 0.0:
+        return True
+    now = time.monotonic()
+    return now >= down_until and now >= _health.probe_until
+
+
+def cache_ready() -> bool:
+    """Whether Django's cache may be asked now: always in the embedded default (process
+    memory), and with Redis while this worker is not backing off."""
+    return not enabled() or available()
+
+
+def failed(exc: BaseException) -> None:
+    """Note an outage error: stop asking Redis for ``REDIS_BACKOFF_SECONDS``.
+
+    Errors that are not outages (:data:`OUTAGE_ERRORS`) are ignored here, as is
+    :class:`RedisUnavailable` itself (it is the back-off speaking)."""
+    if not isinstance(exc, OUTAGE_ERRORS) or isinstance(exc, RedisUnavailable):
+        return
+    backoff = _conf("REDIS_BACKOFF_SECONDS")
+    with _health.lock:
+        first = _health.down_until == 0.0
+        _health.down_until = time.monotonic() + backoff
+        _health.probe_until = 0.0
+    BACKOFFS.inc()
+    if first:
+        log.error("redis: unreachable (%r); using fallbacks, probing every %ss", exc, backoff)
+
+
+def _before() -> None:
+    """Raise :class:`RedisUnavailable` while backing off; let exactly one probe through after."""
+    if _health.down_until == 0.0:
+        return
+    now = time.monotonic()
+    with _health.lock:
+        if _health.down_until == 0.0:
+            return
+        if now < _health.down_until or now < _health.probe_until:
+            SKIPPED.inc()
+            raise RedisUnavailable("Redis failed recently; not asking it until the back-off ends")
+        # The probe may take one connect and two reads before it reports.
+        _health.probe_until = now + 2 * (_conf("REDIS_CONNECT_TIMEOUT") + _conf("REDIS_SOCKET_TIMEOUT")) + 0.1
+
+
+def _answered() -> None:
+    """Redis answered (even with an error of its own): any outage is over."""
+    if _health.down_until == 0.0:
+        return
+    with _health.lock:
+        if _health.down_until == 0.0:
+            return
+        _health.down_until = 0.0
+        _health.probe_until = 0.0
+    log.warning("redis: answering again; fallbacks off")
+
+
+def _guarded(call: Any, *args: Any, **kwargs: Any) -> Any:
+    _before()
+    try:
+        result = call(*args, **kwargs)
+    except OUTAGE_ERRORS as exc:
+        failed(exc)
+        raise
+    except RedisError:
+        _answered()
+        raise
+    _answered()
+    return result
+
+
+def reset() -> None:
+    """Forget any outage (tests, and a worker that knows Redis is back)."""
+    with _health.lock:
+        _health.down_until = 0.0
+        _health.probe_until = 0.0
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+class GuardedPipeline(Pipeline):
+    """A pipeline whose ``execute`` follows the shared health state."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        return list(_guarded(super().execute, raise_on_error))
+
+
+class GuardedRedis(redis.Redis):
+    """``redis.Redis`` whose every command (and pipeline) follows the shared health state."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        return _guarded(super().execute_command, *args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> GuardedPipeline:
+        return GuardedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+_client: Any = None
+_client_lock = threading.Lock()
+
+
+def connection_kwargs() -> dict[str, Any]:
+    """What every connection to a Redis server is opened with: the short timeouts, and one
+    immediate retry of a refused or reset connection (never of a timeout)."""
+    return {
+        "socket_timeout": _conf("REDIS_SOCKET_TIMEOUT"),
+        "socket_connect_timeout": _conf("REDIS_CONNECT_TIMEOUT"),
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # redis-py would ask every new connection for maintenance notifications (a managed
+        # Redis Enterprise feature): one more round trip per connection, for nothing here.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+
+
+def _build() -> Any:
+    # A bounded pool that makes a greenlet wait briefly for a free connection, rather than
+    # fail at once, when a thousand requests want Redis together.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL,
+        max_connections=int(settings.TOLLWAY["REDIS_MAX_CONNECTIONS"]),
+        timeout=_conf("REDIS_POOL_TIMEOUT"),
+        **connection_kwargs(),
+    )
+    return GuardedRedis(connection_pool=pool)
+
+
+def client() -> Any:
+    """This process's Redis client (made on first use; its pool reconnects after a fork).
+
+    Every command through it follows the shared health state: while backing off it raises
+    :class:`RedisUnavailable` (a ``redis.ConnectionError``) without touching the network."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                if not enabled():
+                    raise RedisUnavailable("Redis is not configured (REDIS_URL is empty)")
+                _client = _build()
+    return _client
+
+
+def forget_client() -> None:
+    """Drop the client, so the next :func:`client` builds one from the settings (tests)."""
+    global _client
+    with _client_lock:
+        old, _client = _client, None
+    if old is not None:
+        old.connection_pool.disconnect()
+
+
+class CacheClient(DefaultClient):
+    """django-redis's client, answering with :func:`client`: Django's cache (and
+    ``django_redis.get_redis_connection``) share this process's client, its pool, its
+    timeouts and its health state."""
+
+    def get_client(self, write: bool = True, tried: Any = None) -> Any:
+        return client()
+
+    def get_client_with_index(self, write: bool = True, tried: Any = None) -> tuple[Any, int]:
+        return client(), 0

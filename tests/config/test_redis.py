@@ -1,0 +1,195 @@
+"""config.redis: one client and one health state for every Redis user.
+
+Each test points the process at its own ``redis-server`` on a free port (the fault
+harness's), so hanging it (SIGSTOP) touches nothing else."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import LazySettings
+from django.core.cache import cache
+from django_redis import get_redis_connection
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config import redis as shared_redis
+from config.cache import TieredCache
+from proxy import circuit, respcache
+from tenants import activity
+from tenants.models import ApiKey
+from tests.faults.harness import RedisServer, wait_until
+
+BACKOFF = 0.3
+
+
+@pytest.fixture
+def server(settings: LazySettings, tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis this process (and its Django cache) talks to, with a short back-off."""
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    settings.REDIS_URL = redis_server.url
+    settings.TOLLWAY = {
+        **settings.TOLLWAY,
+        "REDIS_BACKOFF_SECONDS": BACKOFF,
+        "REDIS_SOCKET_TIMEOUT": 0.2,
+        "REDIS_CONNECT_TIMEOUT": 0.2,
+    }
+    shared_redis.forget_client()
+    shared_redis.reset()
+    try:
+        yield redis_server
+    finally:
+        redis_server.close()
+        shared_redis.forget_client()
+        shared_redis.reset()
+
+
+def hang(server: RedisServer) -> None:
+    """SIGSTOP the server, and make this process notice it (one short timeout)."""
+    server.pause()
+    with pytest.raises(RedisTimeoutError):
+        shared_redis.client().get("anything")
+
+
+def back_off_over() -> bool:
+    return shared_redis.available()
+
+
+def test_djangos_cache_and_every_user_share_one_client(server: RedisServer) -> None:
+    assert get_redis_connection("default") is shared_redis.client()
+    assert circuit._redis() is shared_redis.client()
+    cache.set("shared", "yes")
+    assert shared_redis.client().exists(cache.make_key("shared")) == 1
+
+
+def test_a_hung_redis_is_asked_once_then_skipped_until_the_back_off_ends(server: RedisServer) -> None:
+    # Given a hung Redis that one command found out about
+    hang(server)
+    assert not shared_redis.available()
+    # When other commands come during the back-off, they fail at once, without the network
+    skipped_before = shared_redis.SKIPPED._value.get()
+    for _ in range(5):
+        with pytest.raises(shared_redis.RedisUnavailable):
+            shared_redis.client().get("anything")
+    assert shared_redis.SKIPPED._value.get() == skipped_before + 5
+    # And Django's cache answers a miss, not an error
+    assert cache.get("anything") is None
+    # Then, once Redis is back and the back-off is over, commands reach it again
+    server.resume()
+    wait_until(back_off_over, 10, "the back-off to end")
+    assert shared_redis.client().set("back", "1")
+    assert shared_redis.available()
+
+
+def test_after_the_back_off_exactly_one_probe_goes_to_a_still_hung_redis(server: RedisServer) -> None:
+    hang(server)
+    wait_until(back_off_over, 10, "the back-off to end")
+    outcomes: list[str] = []
+    start = threading.Barrier(4)
+
+    def ask() -> None:
+        start.wait()
+        try:
+            shared_redis.client().get("anything")
+            outcomes.append("answered")
+        except shared_redis.RedisUnavailable:
+            outcomes.append("skipped")
+        except RedisTimeoutError:
+            outcomes.append("timed out")
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # One request paid the timeout; the others took their fallback at once.
+    assert sorted(outcomes) == ["skipped", "skipped", "skipped", "timed out"]
+    assert not shared_redis.available()  # and the failed probe started a new back-off
+    server.resume()
+
+
+def test_an_error_redis_answers_is_not_an_outage(server: RedisServer) -> None:
+    # A script error (or a wrong type) proves Redis answers: nobody else loses Redis over it.
+    with pytest.raises(ResponseError):
+        shared_redis.client().eval("return redis.error_reply('a bug in a script')", 0)
+    shared_redis.client().set("text", "x")
+    with pytest.raises(ResponseError):
+        shared_redis.client().incr("text")
+    assert shared_redis.available()
+    assert shared_redis.client().get("text") == b"x"
+
+
+def test_a_pipeline_follows_the_health_state(server: RedisServer) -> None:
+    hang(server)
+    pipe = shared_redis.client().pipeline(transaction=False)
+    pipe.get("a")
+    with pytest.raises(shared_redis.RedisUnavailable):
+        pipe.execute()
+    server.resume()
+
+
+def test_failed_ignores_errors_that_are_not_outages(server: RedisServer) -> None:
+    shared_redis.failed(ResponseError("WRONGTYPE"))
+    shared_redis.failed(RedisError("something else"))
+    assert shared_redis.available()
+    shared_redis.failed(RedisTimeoutError("timed out"))
+    assert not shared_redis.available()
+
+
+@pytest.mark.django_db
+def test_the_shared_cache_tier_is_skipped_while_redis_is_down(server: RedisServer) -> None:
+    loads: list[str] = []
+
+    def loader(key: str) -> str:
+        loads.append(key)
+        return f"value-of-{key}"
+
+    tier: TieredCache[str] = TieredCache("tw:test", loader)
+    hang(server)
+    # Every read goes to the loader (the database), none waits on Redis
+    assert tier.get("k") == "value-of-k"
+    tier.clear_local()
+    assert tier.get("k") == "value-of-k"
+    assert loads == ["k", "k"]
+    server.resume()
+
+
+@pytest.mark.django_db
+def test_an_invalidation_redis_missed_is_sent_once_it_answers(server: RedisServer) -> None:
+    # Given a value kept in Redis by the shared tier
+    values = {"k": "old"}
+    tier: TieredCache[str] = TieredCache("tw:test", values.get)
+    assert tier.get("k") == "old"
+    # When it changes while Redis hangs (a key revoked during an outage)
+    hang(server)
+    values["k"] = "new"
+    tier.invalidate(["k"])
+    # Then, once Redis answers again, the stale copy in Redis is deleted before any read
+    server.resume()
+    wait_until(back_off_over, 10, "the back-off to end")
+    assert tier.get("k") == "new"
+    assert shared_redis.client().get(cache.make_key("tw:test:k")) is not None  # refilled with the new value
+    other_process: TieredCache[str] = TieredCache("tw:test", lambda key: "from the database")
+    assert other_process.get("k") == "new"
+
+
+@pytest.mark.django_db
+def test_key_use_is_written_to_the_database_while_redis_is_down(server: RedisServer, key: Any) -> None:
+    activity.forget_local()
+    hang(server)
+    activity.key_used(key.api_key.pk)
+    assert ApiKey.objects.get(pk=key.api_key.pk).last_used_at is not None
+    server.resume()
+
+
+def test_the_response_cache_misses_while_redis_is_down(server: RedisServer) -> None:
+    cache.set("tw:rc:1:abc", {"body": {}, "usage": {}}, 60)
+    assert respcache.lookup("tw:rc:1:abc") is not None
+    hang(server)
+    assert respcache.lookup("tw:rc:1:abc") is None
+    server.resume()
