@@ -33,7 +33,7 @@ def client() -> Any:
 
 def outage(exc: BaseException) -> bool:
     """Whether ``exc`` says Redis cannot be reached or cannot serve now (else: a bug)."""
-    if isinstance(exc, shared.OUTAGE_ERRORS | BusyLoadingError | ReadOnlyError):
+    if isinstance(exc, (*shared.OUTAGE_ERRORS, BusyLoadingError, ReadOnlyError)):
         return True
     if isinstance(exc, ResponseError):
         return str(exc).startswith(_UNAVAILABLE_REPLIES)
