@@ -78,6 +78,7 @@ _listed: set[int] = set()  # tenants this worker put in TENANTS_WITH_RESERVATION
 _boot: bytes | None = None
 _keeper: threading.Thread | None = None
 _keeper_pid = 0
+_keeper_epoch = 0  # reset() ends the running keeper (tests); the next admission starts one
 
 
 def grace() -> float:
@@ -117,8 +118,9 @@ def in_flight() -> list[InFlight]:
 
 
 def reset() -> None:
-    """Forget everything (tests)."""
-    global _boot
+    """Forget everything, and stop the keeper until the next admission (tests)."""
+    global _boot, _keeper_epoch
+    _keeper_epoch += 1
     with _lock:
         _calls.clear()
         _unsettled.clear()
@@ -211,8 +213,8 @@ def keep_once() -> None:
         flow.settle_redis(u)
 
 
-def _keep_forever() -> None:
-    while True:
+def _keep_forever(epoch: int) -> None:
+    while epoch == _keeper_epoch:
         try:
             keep_once()
         except connection.RedisError as exc:
@@ -226,15 +228,32 @@ def _keep_forever() -> None:
             with contextlib.suppress(Exception):
                 db_connection.close()  # the recovery's read: back to the pool
         time.sleep(grace() / 4)
+        if epoch != _keeper_epoch:
+            return
 
 
 def ensure_keeper() -> None:
     """Start this process's keeper, once (again after a fork)."""
     global _keeper, _keeper_pid
-    if _keeper is not None and _keeper_pid == os.getpid() and _keeper.is_alive():
+    if (
+        _keeper is not None
+        and _keeper_pid == os.getpid()
+        and _keeper.is_alive()
+        and _keeper.name.endswith(f"-{_keeper_epoch}")
+    ):
         return
     with _lock:
-        if _keeper is None or _keeper_pid != os.getpid() or not _keeper.is_alive():
+        if (
+            _keeper is None
+            or _keeper_pid != os.getpid()
+            or not _keeper.is_alive()
+            or not _keeper.name.endswith(f"-{_keeper_epoch}")
+        ):
             _keeper_pid = os.getpid()
-            _keeper = threading.Thread(target=_keep_forever, name="tollway-admission-keeper", daemon=True)
+            _keeper = threading.Thread(
+                target=_keep_forever,
+                args=(_keeper_epoch,),
+                name=f"tollway-admission-keeper-{_keeper_epoch}",
+                daemon=True,
+            )
             _keeper.start()
