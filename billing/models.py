@@ -404,9 +404,27 @@ class Reservation(models.Model):
     record = models.JSONField(help_text="What the sweeper needs to bill it if the worker dies")
     deadline = models.DateTimeField(db_index=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The worker holding the call (``<host>-<pid>``, as billing.spool names it): when it
+    # dies, the dead-worker reaper bills its reservations at once (billing.admission.sweeper).
+    worker = models.CharField(max_length=200, blank=True, default="", db_index=True)
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class StaleCounters(models.Model):
+    """A tenant whose Redis money counters may have missed something: admission or a
+    settle ran without Redis for it. The durable half of the mark (each worker keeps the
+    other half in memory, billing.admission.counters); the sweeper invalidates the
+    tenant's counters in Redis and deletes the row, so a worker that died before it could
+    do so is never forgotten. Written only when Redis fails, never on a healthy call."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    generation = models.BigIntegerField(default=1, help_text="Bumped by every mark; deleted only if unchanged")
+    since = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"stale counters of tenant {self.tenant_id}"
 
 
 # --- invoices -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ It imports only the standard library and gunicorn's own logger.
 import inspect
 import json
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -50,6 +52,7 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "100000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "10000"))
 wsgi_app = "config.wsgi:application"
+_MANAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "manage.py")
 # What gunicorn reads before the app sees a request: the request line, the number of
 # headers and each header's size. Beyond them it answers 414 or 431 itself (in JSON:
 # json_write_error below). nginx in front has lower limits of its own, so it answers first.
@@ -168,6 +171,28 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess  # the master never loads the app; this is safe
 
     multiprocess.mark_process_dead(worker.pid)
+    reap(server, worker.pid)
+
+
+def reap(server: Any, pid: int) -> None:
+    """Bill a dead worker's calls now (``manage.py reapworker``): its spooled rows, then its
+    reservations still held. In a child process: the master must not load the app (it
+    would then fork workers from an app imported before gevent patched anything). A
+    worker that exited cleanly has nothing left, and the command says so."""
+    if os.environ.get("TOLLWAY_REAP_WORKERS", "1") == "0":
+        return
+    if not getattr(server, "LISTENERS", None):
+        # The arbiter is stopping (it closed its listeners first): its workers drain their
+        # calls; any cut at the end of the grace period are the sweeper's, or reapworker's.
+        return
+    try:
+        subprocess.Popen(  # noqa: S603  # our own manage.py, and a pid
+            [sys.executable, _MANAGE, "reapworker", "--pid", str(pid)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to the master's group does not reach it
+        )
+    except OSError as exc:
+        server.log.error("could not start the reaper of worker %s: %r", pid, exc)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -418,6 +418,9 @@ TOLLWAY: dict[str, Any] = {
     "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 0.5),
     # The sentinels' own password (Sentinel's requirepass), if they have one.
     "REDIS_SENTINEL_PASSWORD": env.str("REDIS_SENTINEL_PASSWORD"),
+    # After Redis loses its memory, how long counter rebuilds wait for every worker to put
+    # its calls in flight back (billing.admission.inflight); each worker checks 4 times as often.
+    "REDIS_REREGISTER_SECONDS": env.float("TOLLWAY_REDIS_REREGISTER_SECONDS", 1.0),
     # A reservation older than this is taken for a dead worker's and billed by the sweeper.
     "RESERVATION_SECONDS": env.int("TOLLWAY_RESERVATION_SECONDS", 1800),
     # Output reserved for a request without max_tokens, on a model with no cap of its own.

@@ -13,7 +13,7 @@ import json
 from django.conf import settings
 
 from billing import admission
-from billing.admission import Admission, Ask, Limits, account_of, month_bounds
+from billing.admission import Admission, Ask, Limits, ReservationRecord, account_of, month_bounds
 from billing.admission import admit as take
 from billing.alerts import quota_refused
 from billing.pricing import PriceSnapshot, TokenUsage, charge_of
@@ -114,26 +114,26 @@ def admit(call: Call) -> Admission:
         tenant_budget=principal.tenant_monthly_budget_usd,
         key_budget=principal.monthly_budget_usd,
         timezone=principal.tenant_timezone,
-        record={
-            "tenant_id": principal.tenant_pk,
-            "api_key_id": principal.api_key_pk,
-            "model_id": route.entry.model_pk,
-            "provider": route.target.provider_name,
-            "upstream_model": route.target.upstream_model,
-            "input_price": str(price.input_per_mtok),
-            "output_price": str(price.output_per_mtok),
-            "price_from": price.effective_from.isoformat(),
-            "request_fee": str(price.request_fee),
-            "price_factor": str(price.factor),
-            "batch_id": call.batch_id,
-            "markup_percent": str(markup),
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "streamed": call.chat.stream,
-            "api": call.chat.endpoint,
-            "created_at": call.created_at.isoformat(),
-            "timezone": principal.tenant_timezone,
-        },
+        record=ReservationRecord(
+            tenant_id=principal.tenant_pk,
+            api_key_id=principal.api_key_pk,
+            model_id=route.entry.model_pk,
+            provider=route.target.provider_name,
+            upstream_model=route.target.upstream_model,
+            input_price=price.input_per_mtok,
+            output_price=price.output_per_mtok,
+            price_from=price.effective_from,
+            request_fee=price.request_fee,
+            markup_percent=markup,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            streamed=call.chat.stream,
+            api=call.chat.endpoint,
+            created_at=call.created_at,
+            timezone=principal.tenant_timezone,
+            price_factor=price.factor,
+            batch_id=call.batch_id,
+        ),
     )
     try:
         call.admission = take(ask)

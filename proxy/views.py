@@ -259,13 +259,16 @@ def health(request: HttpRequest) -> HttpResponse:
 
 
 def ready(request: HttpRequest) -> HttpResponse:
-    """Readiness: the database and the cache answer, and the worker is not shutting down.
-    A draining worker (SIGTERM, ``config/lifecycle.py``) answers 503 at once, so whatever
-    probes it stops sending it new work while its streams finish.
+    """Readiness: whether this worker should get new calls. 503 only when it is draining
+    (SIGTERM, ``config/lifecycle.py``), so whatever probes it stops sending it work while
+    its streams finish, or when neither the database nor the cache answers (it cannot
+    serve at all).
 
-    Also says how many ledger rows wait in this replica's spool for the database
-    (``spool_rows``), which does not change the status: rows waiting mean the database
-    was away, and the ``database`` check says whether it still is."""
+    A database or a cache that is down alone answers 200 ``degraded``: every replica
+    shares them, so failing readiness would take every pod out at once, while each one
+    still serves (the ledger spools, budgets fall back to Postgres, caches to the
+    database). The body says which check failed, and how many ledger rows wait in this
+    replica's spool (``spool_rows``)."""
     if lifecycle.draining():
         return JsonResponse({"status": "draining"}, status=503)
     checks: dict[str, str] = {}
@@ -286,10 +289,11 @@ def ready(request: HttpRequest) -> HttpResponse:
     except Exception as exc:
         log.warning("ready: cache check failed: %r", exc)
         checks["cache"] = "unavailable"
-    ok = all(v == "ok" for v in checks.values())
+    failed = [name for name, state in checks.items() if state != "ok"]
+    status = "ok" if not failed else "unavailable" if len(failed) == len(checks) else "degraded"
     return JsonResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks, "spool_rows": spool.depth()},
-        status=200 if ok else 503,
+        {"status": status, "checks": checks, "spool_rows": spool.depth()},
+        status=503 if status == "unavailable" else 200,
     )
 
 

@@ -19,7 +19,9 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from billing import admission
+from billing.admission import connection as admission_connection
+from billing.admission import counters as admission_counters
+from billing.admission import inflight as admission_inflight
 from billing.models import Model, Price
 from config import redis as shared_redis
 from proxy import circuit
@@ -185,7 +187,9 @@ def _fresh_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     shared_redis.reset()
     cache.clear()
     activity.forget_local()
-    monkeypatch.setattr(admission, "_redis_down_until", 0.0)
+    admission_connection.reset()
+    admission_counters.reset()
+    admission_inflight.reset()
     circuit.forget_local()
     for tier in (principals, routes, listings):
         tier.clear_local()

@@ -22,3 +22,6 @@ CSRF_COOKIE_SECURE = False
 # timeout would back off Redis (and loosen rate limits) at random. Tests that hang Redis
 # on purpose run their own server.
 TOLLWAY = {**TOLLWAY, "REDIS_SOCKET_TIMEOUT": 1.0, "REDIS_CONNECT_TIMEOUT": 1.0}  # noqa: F405
+# Tests flush Redis before each test; a rebuild after a flush waits this long for other
+# workers to re-register their calls in flight. The test process is the only worker.
+TOLLWAY = {**TOLLWAY, "REDIS_REREGISTER_SECONDS": 0.1}

@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from billing import admission, ledger
-from billing.admission import QuotaExceeded
+from billing.admission import QuotaExceeded, connection, counters, keys
 from billing.models import Account, CreditEntry, Model, Reservation, UsageRecord
 from billing.pricing import TokenUsage, cost_of
 from proxy import tokens
@@ -233,11 +233,11 @@ class TestSettleAndSweep:
         finish(response)
         row = UsageRecord.objects.get()
         month, _, _ = admission.month_bounds("UTC", clock())
-        counted = admission._redis().get(f"tw:spent:t{tenant.pk}:{month}")
+        counted = connection.client().get(keys.spent(tenant.pk, "t", month))
         # settling the same request again changes nothing
         again = admission.Admission(row.request_id, "redis", tenant.pk, row.api_key_id, month)
         admission.settle(again, cost=row.cost, tokens=10, counted=False)
-        assert admission._redis().get(f"tw:spent:t{tenant.pk}:{month}") == counted
+        assert connection.client().get(keys.spent(tenant.pk, "t", month)) == counted
         assert admission.reserved_total(tenant.pk) == 0
         assert int(counted) == admission.to_micro(row.cost)
 
@@ -288,8 +288,7 @@ class TestRedisDown:
         dead = redis_lib.Redis(
             host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
         )
-        monkeypatch.setattr(admission, "_redis", lambda: dead)
-        monkeypatch.setattr(admission, "_scripts", {})
+        monkeypatch.setattr(connection, "client", lambda: dead)
 
     def test_rate_limits_fail_open_and_budgets_hold_in_postgres(
         self, redis_down: None, api: Api, key: Any, tenant: Tenant, catalog: Catalog, clock: FakeClock
@@ -411,14 +410,14 @@ def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
     ledger.usage_record_create(entry=row)
     UsageRecord.objects.filter(tenant=tenant).update(cost=Decimal("0.95"))  # spend Redis has not seen
     rebuilds: list[int] = []
-    real = admission._rebuild
+    real = counters.rebuild
 
-    def slow_rebuild(*args: Any) -> None:
+    def slow_rebuild(*args: Any) -> bool:
         rebuilds.append(1)
         time.sleep(0.3)  # a month's SUM over a big ledger takes a while: everyone piles up
-        real(*args)
+        return real(*args)
 
-    monkeypatch.setattr(admission, "_rebuild", slow_rebuild)
+    monkeypatch.setattr(counters, "rebuild", slow_rebuild)
 
     def ask(request_id: str) -> Ask:
         return budget_ask(tenant, request_id, amount=Decimal("0.005"), budget=Decimal("0.99"))
@@ -465,14 +464,14 @@ def test_waiting_for_a_rebuild_never_starves_the_rebuilder_of_a_connection(
 
     pool_size = settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
     admission.account_of(tenant.pk)  # cached: admission itself needs no connection before the rebuild
-    entered, real = threading.Event(), admission._rebuild
+    entered, real = threading.Event(), counters.rebuild
 
-    def rebuild_once_all_wait(*args: Any) -> None:
+    def rebuild_once_all_wait(*args: Any) -> bool:
         entered.set()
         time.sleep(1.0)  # every other request is waiting now, each holding a connection
-        real(*args)
+        return real(*args)
 
-    monkeypatch.setattr(admission, "_rebuild", rebuild_once_all_wait)
+    monkeypatch.setattr(counters, "rebuild", rebuild_once_all_wait)
 
     def ask(request_id: str) -> Ask:
         return budget_ask(tenant, request_id, amount=Decimal("0.01"), budget=Decimal("100"))

@@ -69,3 +69,15 @@ def test_ready_checks_database_and_cache(client: Client, db: None) -> None:
     response = client.get("/ready")
     assert response.status_code == 200
     assert response.json()["checks"] == {"database": "ok", "cache": "ok"}
+
+
+def test_ready_stays_200_when_only_redis_is_down(client: Client, db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every replica shares Redis: if readiness failed on it, every pod would be taken out at
+    once while each could still serve (caches fall back to the database)."""
+    from django.core.cache import cache
+
+    monkeypatch.setattr(cache, "get", lambda *args, **kwargs: None)
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
+    assert response.json()["checks"] == {"database": "ok", "cache": "unavailable"}
