@@ -5,7 +5,6 @@ hash slot."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -153,14 +152,6 @@ def test_cluster_key_activity_and_response_cache(on_cluster: redisha.Cluster, ke
     assert respcache.lookup("tw:rc:1:abc") == {"body": {}, "usage": {}}
 
 
-# Admission's keys are hash-tagged by tenant by the admission package (issue 16 item 10);
-# until it lands, the admission script spans slots and a cluster refuses it.
-_ADMISSION_TAGGED = (
-    hasattr(billing_admission, "__path__") and importlib.util.find_spec("billing.admission.keys") is not None
-)
-
-
-@pytest.mark.xfail(not _ADMISSION_TAGGED, reason="admission keys not hash-tagged yet", strict=True)
 @pytest.mark.django_db
 def test_cluster_admission_holds_rate_limits_and_budgets(
     on_cluster: redisha.Cluster, api: Api, key: Any, catalog: Catalog
