@@ -348,17 +348,29 @@ def line_execute(*, batch: Batch, line: BatchLine) -> tuple[dict[str, Any], Deci
     principal = principal_of(batch)
     chat = validate.check_body(line.body, batch.endpoint, principal)
     billed: Decimal | None = None
+    first_at = timezone.now()
     if line.attempts > 1:  # a runner died on this line: its reservation, and perhaps its row, remain
         limits.reservation_forget(
             request_id=line.request_id, tenant_id=principal.tenant_pk, api_key_id=principal.api_key_pk
         )
-        billed = UsageRecord.objects.filter(request_id=line.request_id).values_list("cost", flat=True).first()
+        earlier = UsageRecord.objects.filter(request_id=line.request_id).values_list("cost", "created_at").first()
+        if earlier is not None:
+            billed, first_at = earlier
     steps = [(entry, price.for_batch()) for entry, price in route.plan(chat.model, allows=principal.allows_model)]
     picker = attempts.Picker(steps)
     first = picker.next()
     if first is None:
         raise picker.unavailable()
-    call = meter.Call(request_id=line.request_id, principal=principal, route=first, chat=chat, batch_id=batch.public_id)
+    # The ledger is unique by (request id, created_at), the partition key: a re-run keeps
+    # the first attempt's instant, so its row meets the one written before and is dropped.
+    call = meter.Call(
+        request_id=line.request_id,
+        principal=principal,
+        route=first,
+        chat=chat,
+        batch_id=batch.public_id,
+        created_at=first_at,
+    )
     call.reserve_price = admit.reserve_price([price for _, price in steps])
     call.plan_models = tuple(entry.model_pk for entry, _ in steps)
     if billed is None:
