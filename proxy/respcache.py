@@ -44,6 +44,7 @@ from proxy.translate.common import openai_usage
 from tenants.selectors import KeyPrincipal
 
 log = logging.getLogger(__name__)
+RESPONSES = "responses"  # proxy.responses' endpoint, as the ledger's api column names it
 
 HEADER = "x-tollway-cache"
 PROVIDER = "cache"
@@ -71,9 +72,10 @@ def deterministic(chat: ChatRequest) -> bool:
 
 def key_for(chat: ChatRequest, principal: KeyPrincipal, how: str) -> str | None:
     """The cache key for this request, or None if it is not to be cached. Only the
-    OpenAI-shaped endpoints are cached: their answers are what an entry replays."""
+    OpenAI-shaped endpoints are cached: their answers are what an entry replays (a
+    Responses call's entry is its chat answer, replayed through the Responses relay)."""
     if (
-        chat.endpoint not in (CHAT, COMPLETIONS, EMBEDDINGS)
+        chat.endpoint not in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
         or how == "off"
         or (how == "deterministic" and not deterministic(chat))
     ):

@@ -166,6 +166,7 @@ def test_the_admin_shows_a_billed_price_read_only_and_refuses_to_rewrite_it(admi
         "prices-1-input_per_mtok": "1",
         "prices-1-output_per_mtok": "2",
         "prices-1-request_fee": "0",
+        "prices-1-batch_factor": "0.5",
     }
     response = admin_client.post(page, back)
     assert response.status_code == 200
