@@ -75,6 +75,21 @@ def estimate(chat: ChatRequest, completion_text: str) -> TokenUsage:
     return TokenUsage(input_tokens=tokens.prompt_tokens(chat.messages), output_tokens=tokens.count(completion_text))
 
 
+def usage_of_cut_stream(chat: ChatRequest, text: str, partial: TokenUsage | None) -> TokenUsage:
+    """A stream that ended without the provider's usage: what the provider had counted so
+    far (its input side is exact, cached tokens included), with the output no less than
+    Tollway's own count of ``text``; Tollway's own estimate if it had counted nothing."""
+    guess = estimate(chat, text)
+    if partial is None:
+        return guess
+    return TokenUsage(
+        input_tokens=partial.input_tokens,
+        output_tokens=max(partial.output_tokens, guess.output_tokens),
+        cached_input_tokens=partial.cached_input_tokens,
+        cache_write_tokens=partial.cache_write_tokens,
+    )
+
+
 def _entry(call: Call, usage: TokenUsage, *, estimated: bool, outcome: str) -> UsageEntry:
     target = call.route.target
     return UsageEntry(

@@ -230,16 +230,7 @@ def _usage_or_estimate(call: meter.Call, tally: _Tally) -> TokenUsage:
     exact, cached tokens included) with the output no less than Tollway's own count."""
     if tally.usage is not None:
         return tally.usage
-    estimate = meter.estimate(call.chat, "".join(tally.text))
-    known = tally.upstream.partial_usage()
-    if known is None:
-        return estimate
-    return TokenUsage(
-        input_tokens=known.input_tokens,
-        output_tokens=max(known.output_tokens, estimate.output_tokens),
-        cached_input_tokens=known.cached_input_tokens,
-        cache_write_tokens=known.cache_write_tokens,
-    )
+    return meter.usage_of_cut_stream(call.chat, "".join(tally.text), tally.upstream.partial_usage())
 
 
 def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal | None:

@@ -124,16 +124,7 @@ def _usage(call: meter.Call, source: Source) -> TokenUsage:
     exact) with the output no less than Tollway's own count."""
     if source.usage is not None:
         return source.usage
-    guess = meter.estimate(call.chat, "".join(source.text))
-    known = source.partial_usage()
-    if known is None:
-        return guess
-    return TokenUsage(
-        input_tokens=known.input_tokens,
-        output_tokens=max(known.output_tokens, guess.output_tokens),
-        cached_input_tokens=known.cached_input_tokens,
-        cache_write_tokens=known.cache_write_tokens,
-    )
+    return meter.usage_of_cut_stream(call.chat, "".join(source.text), source.partial_usage())
 
 
 def _meter(call: meter.Call, source: Source, outcome: UsageRecord.Outcome) -> Decimal | None:

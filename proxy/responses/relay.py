@@ -214,16 +214,7 @@ def _sse(event: dict[str, Any]) -> bytes:
 def _usage_or_estimate(call: meter.Call, source: Source) -> TokenUsage:
     if source.usage is not None:
         return source.usage
-    estimate = meter.estimate(call.chat, _text_of(source.output))
-    known = source.partial_usage()
-    if known is None:
-        return estimate
-    return TokenUsage(
-        input_tokens=known.input_tokens,
-        output_tokens=max(known.output_tokens, estimate.output_tokens),
-        cached_input_tokens=known.cached_input_tokens,
-        cache_write_tokens=known.cache_write_tokens,
-    )
+    return meter.usage_of_cut_stream(call.chat, _text_of(source.output), source.partial_usage())
 
 
 def _meter(call: meter.Call, source: Source, outcome: UsageRecord.Outcome) -> Decimal | None:
