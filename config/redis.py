@@ -191,6 +191,28 @@ def reset() -> None:
 # --- the client ----------------------------------------------------------------------------
 
 
+class GuardedPool(redis.BlockingConnectionPool):
+    """A full pool means this worker is busy, not that Redis is down.
+
+    When a burst of requests saturates the worker, connections come back to the pool
+    late because their greenlets wait for the CPU, not for Redis; counting that wait as an
+    outage sent every request of a 2,000-stream burst to the Postgres fallbacks, which
+    then ran out of connections themselves. So a greenlet waits up to
+    ``REDIS_POOL_TIMEOUT`` (10 s) for a connection, and only a pool that stays full that
+    long counts as an outage. A hung Redis still costs one socket timeout: its
+    connections come back within ``REDIS_SOCKET_TIMEOUT``, and one handed out while this
+    worker is backing off is put back unused (:class:`RedisUnavailable`)."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = super().get_connection(*args, **kwargs)
+        down_until = _health.down_until
+        if down_until and time.monotonic() < down_until:  # it waited through the start of an outage
+            self.release(connection)
+            SKIPPED.inc()
+            raise RedisUnavailable("Redis failed while this command waited for a connection")
+        return connection
+
+
 class GuardedPipeline(Pipeline):
     """A pipeline whose ``execute`` follows the shared health state."""
 
@@ -260,9 +282,9 @@ def _build() -> Any:
         return _build_sentinel()
     if kind == "cluster":
         return _build_cluster()
-    # A bounded pool that makes a greenlet wait briefly for a free connection, rather than
-    # fail at once, when a thousand requests want Redis together.
-    pool = redis.BlockingConnectionPool.from_url(
+    # A bounded pool: a greenlet waits for a free connection rather than fail at once
+    # when a thousand requests want Redis together (GuardedPool).
+    pool = GuardedPool.from_url(
         settings.REDIS_URL,
         max_connections=int(settings.TOLLWAY["REDIS_MAX_CONNECTIONS"]),
         timeout=_conf("REDIS_POOL_TIMEOUT"),

@@ -415,7 +415,7 @@ TOLLWAY: dict[str, Any] = {
     "REDIS_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", 0.1),
     "REDIS_BACKOFF_SECONDS": env.float("REDIS_BACKOFF_SECONDS", 1.0),
     "REDIS_MAX_CONNECTIONS": env.int("REDIS_MAX_CONNECTIONS", 100),
-    "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 0.5),
+    "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 10.0),
     # The sentinels' own password (Sentinel's requirepass), if they have one.
     "REDIS_SENTINEL_PASSWORD": env.str("REDIS_SENTINEL_PASSWORD"),
     # After Redis loses its memory, how long counter rebuilds wait for every worker to put

@@ -113,6 +113,53 @@ def test_after_the_back_off_exactly_one_probe_goes_to_a_still_hung_redis(server:
     server.resume()
 
 
+def only_connection(settings: LazySettings) -> Any:
+    """Shrink the pool to one connection and take it, as a busy worker's greenlets do."""
+    settings.TOLLWAY = {**settings.TOLLWAY, "REDIS_MAX_CONNECTIONS": 1}
+    shared_redis.forget_client()
+    pool = shared_redis.client().connection_pool
+    return pool, pool.get_connection()
+
+
+def test_a_full_pool_means_a_busy_worker_so_a_command_waits_and_redis_stays_up(
+    server: RedisServer, settings: LazySettings
+) -> None:
+    # Given a pool whose only connection a busy greenlet holds for longer than half a second
+    pool, held = only_connection(settings)
+    backoffs_before = shared_redis.BACKOFFS._value.get()
+    threading.Timer(0.8, pool.release, args=(held,)).start()
+    # When another command wants Redis, it waits for that connection and is answered
+    assert shared_redis.client().set("waited", "1")
+    # And nobody's Redis was switched off for it (a 2,000-stream burst did that: issue 24)
+    assert shared_redis.available()
+    assert shared_redis.BACKOFFS._value.get() == backoffs_before
+
+
+def test_a_command_that_waited_for_a_connection_through_the_start_of_an_outage_is_not_sent(
+    server: RedisServer, settings: LazySettings
+) -> None:
+    pool, held = only_connection(settings)
+    outcome: list[str] = []
+
+    def ask() -> None:
+        try:
+            shared_redis.client().set("late", "1")
+            outcome.append("sent")
+        except shared_redis.RedisUnavailable:
+            outcome.append("skipped")
+
+    waiter = threading.Thread(target=ask)
+    waiter.start()
+    wait_until(lambda: len(pool.pool.not_empty._waiters) == 1, 5, "the command to wait for the pool")
+    shared_redis.failed(RedisTimeoutError("another greenlet's command timed out"))
+    pool.release(held)
+    waiter.join(5)
+    assert outcome == ["skipped"]
+    assert shared_redis.client().connection_pool.pool.qsize() == 1  # put back, unused
+    shared_redis.reset()
+    assert shared_redis.client().get("late") is None
+
+
 def test_an_error_redis_answers_is_not_an_outage(server: RedisServer) -> None:
     # A script error (or a wrong type) proves Redis answers: nobody else loses Redis over it.
     with pytest.raises(ResponseError):
