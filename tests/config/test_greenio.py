@@ -76,6 +76,54 @@ def test_postgres_waits_let_other_greenlets_run_and_keep_errors() -> None:
     assert answer == "42"
 
 
+LATE_WAKE = """
+    import socket, gevent, redis
+    class LateWake:
+        # A socket whose first read times out after the answer came: what a greenlet of
+        # a worker saturated by a burst sees when the loop wakes it after its timer.
+        def __init__(self, sock, answered):
+            self.sock, self.first, self.answered = sock, True, answered
+        def recv_into(self, *args):
+            if self.first:
+                self.first = False
+                gevent.sleep(0.05)  # meanwhile the answer arrives, if Redis answers
+                raise socket.timeout("timed out")
+            if not self.answered:
+                raise socket.timeout("timed out")
+            return self.sock.recv_into(*args)
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+    conn = redis.Redis.from_url({url!r}, socket_timeout=0.05).connection_pool.get_connection()
+    conn._parser._sock = LateWake(conn._parser._sock, {answered!r})
+    conn.send_command(*{command!r})
+    try:
+        print(conn.read_response())
+    except redis.exceptions.TimeoutError:
+        print("TimeoutError")
+    """
+
+
+def test_an_answer_that_came_in_time_is_read_even_when_a_busy_loop_wakes_its_greenlet_late() -> None:
+    code = LATE_WAKE.format(url=settings.REDIS_URL, command=("PING",), answered=True)
+    # With the patch: the socket holds the answer, so the wait did not time out
+    assert run_patched(code).stdout.strip() == "b'PONG'"
+    # Without it (redis-py's own read), the same late wake-up is a timeout: the worker would
+    # back off Redis and send a burst of calls to the Postgres fallbacks (issue 24's P2 run)
+    plain = subprocess.run(
+        [sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n" + textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.stdout.strip() == "TimeoutError", plain.stderr
+
+
+def test_a_redis_that_does_not_answer_still_times_out() -> None:
+    code = LATE_WAKE.format(url=settings.REDIS_URL, command=("BLPOP", "tw:greenio:nothing", "1"), answered=False)
+    assert run_patched(code).stdout.strip() == "TimeoutError"
+
+
 def test_a_library_release_that_changed_what_a_patch_replaces_keeps_its_own_behaviour() -> None:
     # given releases where redis-py renamed its check, psycopg's wait took other
     # arguments, and httpcore's module failed to import at all
