@@ -200,9 +200,10 @@ def post_worker_init(worker: Any) -> None:
     import gc
 
     from billing import spool
-    from config import greenio, lifecycle
+    from config import greenio, lifecycle, onewrite
 
     greenio.install()
+    onewrite.install()  # a response's head and first body bytes in one send (config/onewrite.py)
     # gunicorn has installed its SIGTERM handler by now (Worker.init_signals).
     lifecycle.sigterm_handler_install(drain_seconds=drain_seconds)
     # This worker's ledger spool, and a replay of what earlier workers left (billing/spool.py).

@@ -1,0 +1,128 @@
+"""gunicorn's response head and first body bytes in one send.
+
+gunicorn sends a response's status line and headers with one ``sendall`` and each body
+chunk with another, so a JSON answer costs two syscalls here and two reads in nginx,
+and a stream's first chunk waits behind its headers. :class:`OneWriteResponse` holds the
+head back until the first body bytes (or the end of a body-less response) and sends both
+at once; everything else is gunicorn's own ``Response``.
+
+Installed by ``config/gunicorn.py`` in each worker, guarded like ``config/greenio.py``:
+if gunicorn's ``Response`` no longer has the shape this was written against, nothing is
+replaced and a warning says so (one send more per response, still correct).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# What OneWriteResponse relies on: the methods it wraps (with their parameters), and
+# ``create``'s default response class, read from the module global at each request.
+_SHAPE = {
+    "send_headers": ("self",),
+    "_emit_body": ("self", "data"),
+    "close": ("self",),
+    "sendfile": ("self", "respiter"),
+}
+
+
+class _Capture:
+    """Stands in for the socket while gunicorn writes the head, and keeps the bytes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def response_class(base: Any) -> Any:
+    """A subclass of gunicorn's ``Response`` that sends its head with its first body bytes."""
+
+    class OneWriteResponse(base):
+        headers_sent: bool
+        sock: Any
+        chunked: bool
+        _held_head: bytes | None = None
+
+        def send_headers(self) -> None:
+            # gunicorn's own formatting, written into a capture instead of the socket.
+            if self.headers_sent or self._held_head is not None:
+                return
+            sock, capture = self.sock, _Capture()
+            self.sock = capture
+            try:
+                super().send_headers()
+            finally:
+                self.sock = sock
+            self.headers_sent = False  # not on the wire yet: an error can still become a 500
+            self._held_head = capture.data
+
+        def _take_head(self) -> bytes | None:
+            head, self._held_head = self._held_head, None
+            return head
+
+        def _emit_body(self, data: bytes) -> None:
+            head = self._take_head()
+            if head is None:
+                super()._emit_body(data)
+                return
+            if self.chunked:
+                data = b"%X\r\n%s\r\n" % (len(data), data)
+            self.sock.sendall(head + data)
+            self.headers_sent = True
+
+        def _flush_head(self) -> None:
+            head = self._take_head()
+            if head is not None:
+                self.sock.sendall(head)
+                self.headers_sent = True
+
+        def sendfile(self, respiter: Any) -> Any:
+            self._flush_head()
+            return super().sendfile(respiter)
+
+        def close(self) -> None:
+            self.send_headers()  # a body-less response, or one whose body was all dropped
+            self._flush_head()
+            super().close()
+
+    return OneWriteResponse
+
+
+def install() -> bool:
+    """Make gunicorn's HTTP/1 responses send head and body together; False (with a
+    warning) when gunicorn's ``Response`` changed shape and nothing was replaced."""
+    try:
+        from gunicorn.http import wsgi  # type: ignore[import-untyped]
+
+        base = wsgi.Response
+        for name, params in _SHAPE.items():
+            method = getattr(base, name, None)
+            if not callable(method) or tuple(inspect.signature(method).parameters) != params:
+                raise TypeError(f"gunicorn.http.wsgi.Response.{name} is missing or takes other parameters")
+        if tuple(inspect.signature(wsgi.create).parameters)[:6] != (
+            "req",
+            "sock",
+            "client",
+            "server",
+            "cfg",
+            "response_class",
+        ):
+            raise TypeError("gunicorn.http.wsgi.create no longer takes response_class")
+        if getattr(base, "_one_write", False):
+            return True  # already installed in this process
+        replacement = response_class(base)
+        setattr(replacement, "_one_write", True)  # noqa: B010
+        wsgi.Response = replacement
+    except Exception as exc:  # a changed gunicorn: one send more per response, never a failed boot
+        log.warning(
+            "onewrite: gunicorn's Response changed shape (%s); response heads go in their own send. "
+            "Pin the gunicorn version requirements.txt was tested with, or update config/onewrite.py.",
+            exc,
+        )
+        return False
+    return True
