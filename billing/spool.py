@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -83,8 +84,12 @@ def worker_id(pid: int | None = None) -> str:
     """This worker's id (or that of the worker ``pid`` on this host): ``<host>-<pid>``,
     the name of its spool file. A container's host name is its pod's, so ids are unique
     across replicas."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
-    return f"{host}-{pid if pid is not None else os.getpid()}"
+    return f"{_host()}-{pid if pid is not None else os.getpid()}"
+
+
+@functools.cache
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
 
 
 def spool_dir() -> Path:

@@ -79,6 +79,7 @@ _boot: bytes | None = None
 _keeper: threading.Thread | None = None
 _keeper_pid = 0
 _keeper_epoch = 0  # reset() ends the running keeper (tests); the next admission starts one
+_keeper_started = -1  # the epoch of the keeper last started
 
 
 def grace() -> float:
@@ -234,22 +235,13 @@ def _keep_forever(epoch: int) -> None:
 
 def ensure_keeper() -> None:
     """Start this process's keeper, once (again after a fork)."""
-    global _keeper, _keeper_pid
-    if (
-        _keeper is not None
-        and _keeper_pid == os.getpid()
-        and _keeper.is_alive()
-        and _keeper.name.endswith(f"-{_keeper_epoch}")
-    ):
+    global _keeper, _keeper_pid, _keeper_started
+    keeper = _keeper
+    if keeper is not None and _keeper_started == _keeper_epoch and _keeper_pid == os.getpid() and keeper.is_alive():
         return
     with _lock:
-        if (
-            _keeper is None
-            or _keeper_pid != os.getpid()
-            or not _keeper.is_alive()
-            or not _keeper.name.endswith(f"-{_keeper_epoch}")
-        ):
-            _keeper_pid = os.getpid()
+        if _keeper is None or _keeper_pid != os.getpid() or not _keeper.is_alive() or _keeper_started != _keeper_epoch:
+            _keeper_pid, _keeper_started = os.getpid(), _keeper_epoch
             _keeper = threading.Thread(
                 target=_keep_forever,
                 args=(_keeper_epoch,),

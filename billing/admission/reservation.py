@@ -4,7 +4,7 @@ gets back (an ``Admission``)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -43,7 +43,9 @@ class ReservationRecord:
     batch_id: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Every field is a scalar: a shallow copy (dataclasses.asdict deep-copies each
+        # value, a fifth of admission's CPU in a profile of P1).
+        data = dict(self.__dict__)
         for name in ("input_price", "output_price", "request_fee", "markup_percent", "price_factor"):
             data[name] = str(data[name])
         data["price_from"] = self.price_from.isoformat()

@@ -31,6 +31,21 @@ def from_micro(value: int) -> Decimal:
 
 def month_bounds(tz_name: str, at: float) -> tuple[str, datetime, datetime]:
     """The tenant's billing month containing ``at``: its label and its UTC start and end."""
+    # Every call of a request asks this; the month it last answered serves until it ends.
+    cached = _last_month.get(tz_name)
+    if cached is not None and cached[0] <= at < cached[1]:
+        return cached[2]
+    bounds = _month_bounds(tz_name, at)
+    if len(_last_month) > 1000:
+        _last_month.clear()
+    _last_month[tz_name] = (bounds[1].timestamp(), bounds[2].timestamp(), bounds)
+    return bounds
+
+
+_last_month: dict[str, tuple[float, float, tuple[str, datetime, datetime]]] = {}
+
+
+def _month_bounds(tz_name: str, at: float) -> tuple[str, datetime, datetime]:
     tz = zoneinfo.ZoneInfo(tz_name)
     local = datetime.fromtimestamp(at, tz)
     start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
