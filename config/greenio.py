@@ -12,10 +12,10 @@ at about a fifth of a worker's CPU:
   watcher instead, keeping ``psycopg.waiting.wait_poll``'s contract.
 
 And one rule for Redis's short timeouts: a worker saturated by a burst can wake a
-greenlet after its 50 ms timer although Redis answered in time. A read that times out
+greenlet after its timer although Redis's answer is already there. A read that times out
 while its socket holds the answer reads it (``tollway_redis_late_wakeups_total`` counts
-them); only a socket with nothing to read has timed out. Without it, a 2,000-stream burst
-took false timeouts for outages and sent its calls to the Postgres fallbacks.
+them); only a socket with nothing to read has timed out, since a false timeout is taken
+for an outage and sends a second of the worker's calls to the Postgres fallbacks.
 
 Installed by ``config/gunicorn.py`` once the worker is patched; without gevent, nothing
 changes. Each patch first checks that what it replaces is there with the signature it
@@ -125,10 +125,9 @@ def _patch_redis(real_poll: Callable[[], Any]) -> None:
     read_from_socket = _expect(parser, "read_from_socket", ("self", "timeout", "raise_on_timeout"))
 
     def read_in_time(self: Any, *args: Any, **kwargs: Any) -> Any:
-        # A busy worker can wake a greenlet after its timeout even though the answer came
-        # in time: its 50 ms wait was the other greenlets' CPU, not Redis. Only a socket
-        # that still has nothing to read timed out; a false one would send a burst of
-        # calls to the Postgres fallbacks (issue 24's 2,000-stream run).
+        # A busy worker can wake a greenlet after its timeout although the answer came:
+        # its wait was the other greenlets' CPU, not Redis. Only a socket that still has
+        # nothing to read timed out.
         try:
             return read_from_socket(self, *args, **kwargs)
         except RedisTimeoutError:

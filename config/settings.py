@@ -411,8 +411,8 @@ TOLLWAY: dict[str, Any] = {
     # for a connection, then how long a worker stops asking Redis after a connection error
     # or a timeout (its users take their fallbacks meanwhile); the connection pool per
     # process, and how long a greenlet waits for a free connection in it.
-    "REDIS_SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", 0.05),
-    "REDIS_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", 0.1),
+    "REDIS_SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", 0.25),
+    "REDIS_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", 0.25),
     "REDIS_BACKOFF_SECONDS": env.float("REDIS_BACKOFF_SECONDS", 1.0),
     "REDIS_MAX_CONNECTIONS": env.int("REDIS_MAX_CONNECTIONS", 100),
     "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 10.0),
