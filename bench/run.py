@@ -110,7 +110,8 @@ def slow_stream_directives() -> str:
     lines = []
     for i in range(SLOW_CHUNKS):
         delta = {"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}
-        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        # As OpenAI sends it when usage was asked for (Tollway always asks): "usage":null.
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], "usage": None}
         lines += [f"echo_sleep {SLOW_GAP};", f"echo {_sse(chunk)};", "echo_flush;"]
     lines.append(f"echo {_sse({**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})};")
     usage = {"prompt_tokens": 12, "completion_tokens": SLOW_CHUNKS, "total_tokens": 12 + SLOW_CHUNKS}

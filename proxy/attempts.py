@@ -201,6 +201,11 @@ class Primed:
     def partial_usage(self) -> TokenUsage | None:
         return self.stream.partial_usage()
 
+    def take_bytes(self) -> bool:
+        """Whether the stream will hand its later plain chunks over as bytes (``proxy.relay``)."""
+        take = getattr(self.stream, "take_bytes", None)
+        return bool(take()) if take is not None else False
+
 
 def primed(stream: ChunkStream) -> Primed:
     return Primed(stream)

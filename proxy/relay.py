@@ -27,7 +27,7 @@ from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
 from config.errors import InternalError, TollwayError
 from proxy import circuit, meter, respcache
-from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
+from proxy.adapters.base import ChunkStream, Completion, load_event, usage_from_openai
 from proxy.errors import SSE_DONE, sse_error_event, sse_event
 from proxy.parse import COMPLETIONS, EMBEDDINGS
 
@@ -107,6 +107,51 @@ class _Tally:
         self.usage_raw: Any = None  # the provider's usage object, details and all
         self.stream_fields: dict[str, Any] = {}
         self.text: list[str] = []
+        self.unread: list[bytes] = []  # chunks relayed as bytes, read for their text if ever needed
+
+    def relayed_text(self) -> str:
+        """The text the stream carried, for Tollway's own count when usage never came."""
+        self._read_unread()
+        return "".join(self.text)
+
+    def _read_unread(self) -> None:
+        for payload in self.unread:
+            chunk = load_event(payload.decode())
+            self.text.extend(choice_text(choice) for choice in chunk.get("choices") or ())
+        self.unread.clear()
+
+    def rewrite(self, payload: bytes, model: bytes, include_usage: bool) -> bytes | None:
+        """A plain content chunk as the bytes to relay, its model replaced (and its
+        ``"usage":null`` dropped unless the client asked for usage), or None when it needs
+        parsing: the first chunk (it names the stream), one that carries usage or no
+        choices, one whose bytes are not plainly laid out, or not UTF-8. Rewriting the
+        bytes is what the parsed path does to such a chunk, without re-encoding it."""
+        if not self.stream_fields or b'"choices":[{' not in payload:
+            return None
+        if b'"usage"' in payload:
+            if payload.count(b'"usage"') != 1 or b'"usage":null' not in payload:
+                return None
+            if not include_usage:
+                if b',"usage":null' in payload:
+                    payload = payload.replace(b',"usage":null', b"", 1)
+                elif b'"usage":null,' in payload:
+                    payload = payload.replace(b'"usage":null,', b"", 1)
+                else:
+                    return None
+        if payload.count(b'"model"') != 1:
+            return None
+        start = payload.find(b'"model":"')
+        end = payload.find(b'"', start + 9) if start >= 0 else -1
+        if end < 0 or b"\\" in payload[start + 9 : end]:
+            return None
+        try:
+            payload.decode()
+        except UnicodeDecodeError:
+            return None
+        self.unread.append(payload)
+        if len(self.unread) >= 256:  # a long stream keeps its text, not every chunk's JSON
+            self._read_unread()
+        return b'%s"model":%s%s' % (payload[:start], model, payload[end + 1 :])
 
     def take(self, chunk: dict[str, Any]) -> bool:
         """Note the chunk; True if it is a usage-only chunk, which is held back.
@@ -139,21 +184,37 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
     itself), it ends with ``[DONE]`` or an SSE error event, the call is metered, and the
     upstream connection is closed."""
     model_name = call.route.entry.name
+    model_json = orjson.dumps(model_name)
+    include_usage = call.chat.include_usage
     chunks = iter(upstream)
     tally = _Tally(upstream)
     # A streamed miss the response cache may keep, rebuilt as a plain answer.
     collector = respcache.Collector() if call.cache_key and not call.cache_hit else None
+    if collector is None:
+        # Plain chunks come as the provider's bytes and go out with the model replaced,
+        # never parsed or re-encoded (decision 0025).
+        take_bytes = getattr(upstream, "take_bytes", None)
+        if take_bytes is not None:
+            take_bytes()
     outcome = UsageRecord.Outcome.CLIENT_GONE  # until the stream ends otherwise
     failure: TollwayError | None = None
     try:
         try:
             for chunk in chunks:
+                if type(chunk) is bytes:
+                    relayed = tally.rewrite(chunk, model_json, include_usage)
+                    if relayed is not None:
+                        if call.first_byte_at is None:
+                            call.first_byte_at = time.monotonic()
+                        yield b"data: " + relayed + b"\n\n"
+                        continue
+                    chunk = load_event(chunk.decode("utf-8", "replace"))
                 if collector is not None:
                     collector.take(chunk)
                 if tally.take(chunk):
                     continue  # the usage chunk: sent last, with its cost
                 chunk["model"] = model_name
-                if not call.chat.include_usage:
+                if not include_usage:
                     chunk.pop("usage", None)
                 elif chunk.get("usage") is not None:
                     chunk["usage"] = None  # usage goes out once, on the last chunk, with its cost
@@ -218,7 +279,7 @@ def _drain(call: meter.Call, chunks: Iterator[dict[str, Any]], tally: _Tally) ->
     deadline = time.monotonic() + float(settings.TOLLWAY["DISCONNECT_DRAIN_SECONDS"])
     try:
         for chunk in chunks:
-            tally.take(chunk)
+            tally.take(load_event(chunk.decode("utf-8", "replace")) if type(chunk) is bytes else chunk)
             if tally.usage is not None or time.monotonic() > deadline:
                 return
     except Exception as exc:  # the upstream failed too: the estimate will do
@@ -230,7 +291,7 @@ def _usage_or_estimate(call: meter.Call, tally: _Tally) -> TokenUsage:
     exact, cached tokens included) with the output no less than Tollway's own count."""
     if tally.usage is not None:
         return tally.usage
-    return meter.usage_of_cut_stream(call.chat, "".join(tally.text), tally.upstream.partial_usage())
+    return meter.usage_of_cut_stream(call.chat, tally.relayed_text(), tally.upstream.partial_usage())
 
 
 def _meter(call: meter.Call, tally: _Tally, outcome: UsageRecord.Outcome) -> Decimal | None:

@@ -42,6 +42,9 @@ from proxy import mockgen
 from tests import mockresponses
 from tests.mockproviders import AnthropicUpstream, GeminiUpstream, Recorder, read_json
 
+# OpenAI streams its chunks as compact JSON, "usage":null on each when usage was asked for.
+COMPACT = (",", ":")
+
 StartResponse = Callable[..., Any]
 
 
@@ -173,7 +176,7 @@ class MockUpstream:
 
     def text_stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
         for chunk in mockgen.text_chunks(body, model=model, chunk_delay=self._delay(model)):
-            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: " + json.dumps(chunk, separators=COMPACT).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     def stream(self, body: dict[str, Any], model: str) -> Iterator[bytes]:
@@ -187,7 +190,7 @@ class MockUpstream:
         ):
             if model == "mock-cut" and index == 4:
                 raise CutStream("mock-cut: dropping the connection mid-stream")
-            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: " + json.dumps(chunk, separators=COMPACT).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
 

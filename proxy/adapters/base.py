@@ -131,14 +131,20 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
 def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
     """The ``data:`` payloads of a server-sent event stream, one per event, from the body's
     bytes as they arrive."""
-    data: list[str] = []
+    for payload in sse_payloads(chunks):
+        yield payload.decode("utf-8", "replace")
+
+
+def sse_payloads(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """:func:`sse_data`'s payloads as the provider's own bytes."""
+    data: list[bytes] = []
     for line in _sse_lines(chunks):
         if not line:
             if data:
-                yield "\n".join(data)
+                yield b"\n".join(data)
                 data = []
         elif line.startswith(b"data:"):
-            data.append(line[5:].lstrip(b" ").decode("utf-8", "replace"))
+            data.append(line[5:].lstrip(b" "))
 
 
 def _sse_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -377,8 +383,12 @@ class UpstreamStream:
             )
 
     def payloads(self) -> Iterator[str]:
+        for payload in self.raw_payloads():
+            yield payload.decode("utf-8", "replace")
+
+    def raw_payloads(self) -> Iterator[bytes]:
         try:
-            for payload in sse_data(self._body()):
+            for payload in sse_payloads(self._body()):
                 if time.monotonic() > self.deadline:
                     raise UpstreamError(
                         "The upstream provider took longer than its total time limit.",

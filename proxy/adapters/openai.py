@@ -30,11 +30,22 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "re
 
 
 class _Stream(UpstreamStream):
+    as_bytes = False  # set by take_bytes()
+
+    def take_bytes(self) -> bool:
+        """From the next chunk on, yield a chunk that carries no error as the provider's
+        own JSON bytes, for a reader that rewrites them without parsing (``proxy.relay``)."""
+        self.as_bytes = True
+        return True
+
     def chunks(self) -> Iterator[dict[str, Any]]:
-        for payload in self.payloads():
-            if payload.strip() == "[DONE]":
+        for payload in self.raw_payloads():
+            if payload.strip() == b"[DONE]":
                 return
-            yield decode_chunk(payload)
+            if self.as_bytes and b'"error"' not in payload:
+                yield payload  # type: ignore[misc]  # bytes, as take_bytes() asked
+            else:
+                yield decode_chunk(payload.decode("utf-8", "replace"))
         raise cut_short()
 
 

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from billing.models import UsageRecord
+from proxy import tokens
 from proxy.adapters.base import sse_data
 from tests.conftest import Api, Catalog, Upstream, sse_events, user
 from tests.rawhttp import RawServer
@@ -92,3 +93,94 @@ def test_streams_one_after_another_share_one_upstream_connection(api: Api, catal
         assert sse_events(response)[-1] == "[DONE]"
     assert server.accepted == 1, "each stream ended its response cleanly, so the next reused the connection"
     assert UsageRecord.objects.count() == 3
+
+
+def compact(chunk: dict[str, object]) -> str:
+    return json.dumps(chunk, separators=(",", ":"))
+
+
+def raw_stream(events: list[str], *, ended: bool = True) -> RawServer:
+    """An OpenAI-compatible upstream sending ``events`` as given, then [DONE] (or hanging up)."""
+    body = frame([*events, "[DONE]"] if ended else events, b"\n")
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    return RawServer(pieces=[head, body], hang_up=True)
+
+
+def content(word: str, **extra: object) -> dict[str, object]:
+    choice = {"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": None, **extra}
+    return {**CHUNK, "choices": [choice], "usage": None}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("include_usage", [False, True], ids=["no usage asked", "usage asked"])
+def test_plain_chunks_go_out_as_the_providers_own_bytes_with_only_the_model_replaced(
+    api: Api, catalog: Catalog, include_usage: bool
+) -> None:
+    # Given a provider whose chunks carry numbers a JSON round trip would rewrite
+    logprobs = {"content": [{"token": "a", "logprob": -1.0e-5, "bytes": [97]}]}
+    chunks = [compact(content("one")), *(compact(content(w, logprobs=logprobs)) for w in (" two", " three"))]
+    chunks = [c.replace("-1e-05", "-1.0E-5") for c in chunks]  # as some servers print floats
+    usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    chunks.append(compact({**CHUNK, "choices": [], "usage": usage}))
+    server = raw_stream(chunks)
+    catalog.add_http_model("bytes", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
+    body: dict[str, object] = {"model": "bytes", "messages": user("hi"), "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+
+    response = api.chat(body)
+
+    # Then each content chunk after the first is the provider's bytes, the model replaced
+    # (and "usage":null gone unless usage was asked for), never parsed and re-encoded
+    relayed = b"".join(response.streaming_content).decode().split("\n\n")
+    for sent, upstream in zip(relayed[1:3], chunks[1:3], strict=True):
+        expected = upstream.replace('"model":"up"', '"model":"bytes"')
+        if not include_usage:
+            expected = expected.replace(',"usage":null', "")
+        assert sent == "data: " + expected
+    assert "-1.0E-5" in relayed[1]
+    # And the call is billed from the provider's usage, sent last when asked for
+    row = UsageRecord.objects.get()
+    assert (row.input_tokens, row.output_tokens, row.usage_estimated) == (9, 3, False)
+    events = [json.loads(e[len("data: ") :]) for e in relayed if e.startswith("data: {")]
+    assert all(e["model"] == "bytes" for e in events)
+    assert ("usage" in events[-1] and events[-1]["usage"]["total_tokens"] == 12) is include_usage
+    assert all("usage" not in e for e in events[:3]) is not include_usage
+
+
+@pytest.mark.django_db
+def test_a_stream_cut_before_its_usage_is_billed_from_the_text_of_chunks_relayed_as_bytes(
+    api: Api, catalog: Catalog
+) -> None:
+    words = ["alpha", " beta", " gamma", " delta", " epsilon"]
+    server = raw_stream([compact(content(w)) for w in words], ended=False)
+    catalog.add_http_model("cut", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
+
+    response = api.chat({"model": "cut", "messages": user("hi"), "stream": True})
+
+    relayed = sse_events(response)
+    assert relayed[-1]["error"]["code"] == "upstream_bad_response"  # cut short: an SSE error event
+    row = UsageRecord.objects.get()
+    assert row.usage_estimated
+    assert row.output_tokens == tokens.count("".join(words))
+
+
+@pytest.mark.django_db
+def test_chunks_that_need_more_than_the_model_replaced_are_parsed_as_before(api: Api, catalog: Catalog) -> None:
+    # An empty first choice list (Azure's prompt filter chunk), usage mid-stream, and a
+    # spaced-out layout: each takes the parsed path, and the client sees what it always did
+    chunks = [
+        compact({**CHUNK, "choices": [], "prompt_filter_results": []}),
+        compact(content("one")),
+        json.dumps(content(" two")),  # spaces after the colons
+        compact({**content(" three"), "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}}),
+    ]
+    server = raw_stream(chunks)
+    catalog.add_http_model("mixed", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
+
+    events = sse_events(api.chat({"model": "mixed", "messages": user("hi"), "stream": True}))
+
+    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == ["one", " two", " three"]
+    assert all(e["model"] == "mixed" and "usage" not in e for e in events[:-1])
+    row = UsageRecord.objects.get()
+    assert (row.input_tokens, row.output_tokens, row.usage_estimated) == (4, 3, False)
