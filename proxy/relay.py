@@ -192,7 +192,7 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
     collector = respcache.Collector() if call.cache_key and not call.cache_hit else None
     if collector is None:
         # Plain chunks come as the provider's bytes and go out with the model replaced,
-        # never parsed or re-encoded (decision 0025).
+        # never parsed or re-encoded (docs/decisions/0025).
         take_bytes = getattr(upstream, "take_bytes", None)
         if take_bytes is not None:
             take_bytes()
