@@ -82,6 +82,8 @@ def response_class(base: Any) -> Any:
                 self.headers_sent = True
 
         def sendfile(self, respiter: Any) -> Any:
+            # The file goes out by sendfile(2), straight from the kernel: the head first.
+            self.send_headers()
             self._flush_head()
             return super().sendfile(respiter)
 

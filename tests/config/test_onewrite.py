@@ -4,6 +4,8 @@ response is byte for byte what gunicorn's own ``Response`` sends."""
 from __future__ import annotations
 
 import logging
+import socket
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,6 +80,30 @@ def test_a_streams_head_goes_out_with_its_first_chunk_and_each_later_chunk_alone
     assert b"Transfer-Encoding: chunked\r\n" in wire.sends[0]
     assert wire.sends[0].endswith(b"Cache-Control: no-cache\r\n\r\n9\r\ndata: 1\n\n\r\n")
     assert wire.sends[1:] == [b"9\r\ndata: 2\n\n\r\n", b"0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "reads"])
+def test_a_file_response_sends_its_head_before_the_file(tmp_path: Path, sendfile: bool) -> None:
+    # Given a download (a Batch API output file): gunicorn sends it with sendfile(2)
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(b'{"custom_id":"r0"}\n' * 100)
+    ours, client = socket.socketpair()
+    request = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+    response = ONE_WRITE(
+        request, ours, SimpleNamespace(protocol="http", is_ssl=False, sendfile=None if sendfile else False)
+    )
+    response.start_response("200 OK", [("Content-Type", "application/jsonl"), ("Content-Length", "1900")])
+    with path.open("rb") as file:
+        response.write_file(wsgi.FileWrapper(file))
+    response.close()
+    ours.close()
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    # Then the client reads the head, then the file
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert body == path.read_bytes()
 
 
 def test_until_the_first_body_bytes_nothing_is_sent_so_an_error_can_still_be_a_500() -> None:
