@@ -59,12 +59,15 @@ def available() -> str | None:
 
 def ask(port: int, *command: str, timeout: float = 2.0) -> str:
     """One command through ``redis-cli`` (no client library state), its reply as text."""
-    result = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        result = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:  # a server still starting on a loaded box: no answer yet
+        return ""
     return result.stdout.strip()
 
 
