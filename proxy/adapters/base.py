@@ -24,6 +24,7 @@ from billing.pricing import TokenUsage
 from config.errors import ErrorCode, InvalidRequest, RateLimited, TollwayError, UpstreamError
 from proxy import credentials, upstream
 from proxy.route import Target
+from proxy.translate.common import usage_with_details
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +114,7 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
         completion = 0
     if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
         return None
-    details = usage.get("prompt_tokens_details")
-    cached = write = 0
-    if isinstance(details, Mapping):
-        cached = details.get("cached_tokens") or 0
-        write = details.get("cache_write_tokens") or 0
-        if not isinstance(cached, int) or not isinstance(write, int) or cached < 0 or write < 0:
-            cached = write = 0
-    return TokenUsage(
-        input_tokens=prompt,
-        output_tokens=completion,
-        cached_input_tokens=min(cached, prompt),
-        cache_write_tokens=min(write, max(prompt - cached, 0)),
-    )
+    return usage_with_details(prompt, completion, usage.get("prompt_tokens_details"))
 
 
 def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:

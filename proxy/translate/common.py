@@ -32,6 +32,25 @@ def openai_usage(usage: TokenUsage, *, reasoning_tokens: int | None = None) -> d
     return body
 
 
+def usage_with_details(input_tokens: int, output_tokens: int, details: Any) -> TokenUsage:
+    """Checked token counts with the provider's input details (``cached_tokens``,
+    ``cache_write_tokens``): malformed details count as none, and neither can exceed the
+    input it is part of. OpenAI's ``prompt_tokens_details`` and the Responses API's
+    ``input_tokens_details`` share this shape."""
+    cached = write = 0
+    if isinstance(details, Mapping):
+        cached = details.get("cached_tokens") or 0
+        write = details.get("cache_write_tokens") or 0
+        if not isinstance(cached, int) or not isinstance(write, int) or cached < 0 or write < 0:
+            cached = write = 0
+    return TokenUsage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=min(cached, input_tokens),
+        cache_write_tokens=min(write, max(input_tokens - cached, 0)),
+    )
+
+
 def text_of(content: Any) -> str:
     """A message's text: the string, or its ``text`` parts joined."""
     if isinstance(content, str):

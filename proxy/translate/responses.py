@@ -23,7 +23,7 @@ from typing import Any
 
 from billing.pricing import TokenUsage
 from config.errors import ErrorCode, InvalidRequest
-from proxy.translate.common import new_tool_call_id
+from proxy.translate.common import new_tool_call_id, usage_with_details
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
 
@@ -248,19 +248,7 @@ def usage_from_response(usage: Any) -> TokenUsage | None:
     given, made = usage.get("input_tokens"), usage.get("output_tokens")
     if not isinstance(given, int) or not isinstance(made, int) or given < 0 or made < 0:
         return None
-    details = usage.get("input_tokens_details")
-    cached = write = 0
-    if isinstance(details, Mapping):
-        cached = details.get("cached_tokens") or 0
-        write = details.get("cache_write_tokens") or 0
-        if not isinstance(cached, int) or not isinstance(write, int) or cached < 0 or write < 0:
-            cached = write = 0
-    return TokenUsage(
-        input_tokens=given,
-        output_tokens=made,
-        cached_input_tokens=min(cached, given),
-        cache_write_tokens=min(write, max(given - cached, 0)),
-    )
+    return usage_with_details(given, made, usage.get("input_tokens_details"))
 
 
 def reasoning_tokens(chat_usage: Any) -> int:
