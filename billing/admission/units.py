@@ -29,6 +29,10 @@ def from_micro(value: int) -> Decimal:
     return (Decimal(value) * MICRO).quantize(MICRO)
 
 
+# Per time zone, the month month_bounds last answered: (start, end, its answer).
+_last_month: dict[str, tuple[float, float, tuple[str, datetime, datetime]]] = {}
+
+
 def month_bounds(tz_name: str, at: float) -> tuple[str, datetime, datetime]:
     """The tenant's billing month containing ``at``: its label and its UTC start and end."""
     # Every call of a request asks this; the month it last answered serves until it ends.
@@ -40,9 +44,6 @@ def month_bounds(tz_name: str, at: float) -> tuple[str, datetime, datetime]:
         _last_month.clear()
     _last_month[tz_name] = (bounds[1].timestamp(), bounds[2].timestamp(), bounds)
     return bounds
-
-
-_last_month: dict[str, tuple[float, float, tuple[str, datetime, datetime]]] = {}
 
 
 def _month_bounds(tz_name: str, at: float) -> tuple[str, datetime, datetime]:
