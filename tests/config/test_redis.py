@@ -269,3 +269,99 @@ def test_the_response_cache_misses_while_redis_is_down(server: RedisServer) -> N
     hang(server)
     assert respcache.lookup("tw:rc:1:abc") is None
     server.resume()
+
+
+# --- the script lane: admission's hot scripts without redis-py's per-command machinery ---
+
+ECHO = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
+
+
+def lane_call(arg: str) -> list[bytes | int]:
+    import hashlib
+
+    lane = shared_redis.script_lane()
+    assert lane is not None
+    return lane.evalsha(hashlib.sha1(ECHO.encode()).hexdigest(), ECHO, ["{t1}:lane"], [arg])  # noqa: S324
+
+
+def test_the_script_lane_runs_a_script_redis_has_never_seen_and_then_by_its_sha(server: RedisServer) -> None:
+    # Redis has no script cached (a fresh server, or one restarted without persistence):
+    # the lane's EVALSHA gets NOSCRIPT, sends the source once, and Redis caches it
+    assert lane_call("a") == [b"a", 1]
+    assert shared_redis.client().script_exists(__import__("hashlib").sha1(ECHO.encode()).hexdigest()) == [True]
+    assert lane_call("b") == [b"b", 2]
+    shared_redis.client().script_flush()
+    assert lane_call("c") == [b"c", 3]
+
+
+def test_the_script_lane_reconnects_once_when_redis_closed_its_idle_connection(server: RedisServer) -> None:
+    # Given a lane connection Redis has since closed (a restart, an idle timeout)
+    assert lane_call("a") == [b"a", 1]
+    shared_redis.client().client_kill_filter(_type="normal", skipme=True)
+    # When the next script runs, it is sent once more on a fresh connection and answered once
+    assert lane_call("b") == [b"b", 2]
+    assert shared_redis.available()
+
+
+def test_a_lane_call_cut_mid_reply_never_hands_its_answer_to_the_next_caller(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a call interrupted after its command was sent (a gevent timeout, a killed greenlet)
+    import redis.connection
+
+    class Interrupted(BaseException):
+        pass
+
+    real_read = redis.connection.AbstractConnection.read_response
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", real_read)
+        raise Interrupted
+
+    assert lane_call("warm") == [b"warm", 1]
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", interrupted)
+    with pytest.raises(Interrupted):
+        lane_call("cut")
+    # When the next caller takes that connection, it reads its own answer, not the cut one's
+    assert lane_call("next") == [b"next", 3]
+
+
+def test_a_script_error_through_the_lane_is_not_an_outage(server: RedisServer) -> None:
+    import hashlib
+
+    lane = shared_redis.script_lane()
+    assert lane is not None
+    bug = "return redis.error_reply('a bug in a script')"
+    with pytest.raises(ResponseError):
+        lane.evalsha(hashlib.sha1(bug.encode()).hexdigest(), bug, [], [])  # noqa: S324
+    assert shared_redis.available()
+    assert lane_call("after") == [b"after", 1]
+
+
+def test_a_hung_redis_costs_a_lane_call_one_timeout_then_the_lane_backs_off(server: RedisServer) -> None:
+    server.pause()
+    try:
+        with pytest.raises(RedisTimeoutError):
+            lane_call("hung")
+        assert not shared_redis.available()
+        with pytest.raises(shared_redis.RedisUnavailable):
+            lane_call("skipped")
+    finally:
+        server.resume()
+    wait_until(back_off_over, 5, "the back-off to end")
+    assert lane_call("back")[0] == b"back"
+
+
+def test_the_lane_holds_at_most_the_pool_size_and_waits_for_a_free_connection(
+    server: RedisServer, settings: LazySettings
+) -> None:
+    settings.TOLLWAY = {**settings.TOLLWAY, "REDIS_MAX_CONNECTIONS": 1, "REDIS_POOL_TIMEOUT": 0.2}
+    shared_redis.forget_client()
+    lane = shared_redis.script_lane()
+    assert lane is not None
+    held = lane._idle.get_nowait()  # the only slot, taken as a busy greenlet would
+    with pytest.raises(RedisError, match="No connection available"):
+        lane_call("waits")
+    lane._idle.put_nowait(held)
+    shared_redis.reset()
+    assert lane_call("then")[0] == b"then"
