@@ -194,3 +194,20 @@ def test_when_the_database_is_away_every_queued_row_fails_at_once(
     assert all(isinstance(a, OperationalError) for a in answers), answers
     assert len(statements) <= 2, statements
     assert time.monotonic() - started < 2.0
+
+
+def test_a_row_names_only_ledger_columns_and_every_column_is_written(entry: UsageEntry) -> None:
+    # The row goes in as values by column name, not a model instance: every value lands,
+    # the ones the call does not set take their defaults, and a wrong name is refused
+    cost, inserted = usage_record_create(entry=entry)
+    row = UsageRecord.objects.get(request_id=entry.request_id)
+    assert inserted and row.cost == cost
+    assert (row.input_tokens, row.output_tokens, row.latency_ms, row.upstream_model) == (
+        entry.usage.input_tokens,
+        entry.usage.output_tokens,
+        5,
+        "deepseek-v3",
+    )
+    assert row.invoice_id is None
+    with pytest.raises(TypeError, match="no column"):
+        ledger._insert_once({"reqest_id": "typo"})
