@@ -152,23 +152,33 @@ def _unnest_sql(vendor: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _check_columns(names: tuple[str, ...]) -> None:
-    """A name that is no column would silently become a default below: refuse it."""
-    unknown = set(names) - {f.attname for f in _fields(connection.vendor)}
+def _columns(vendor: str, names: tuple[str, ...]) -> tuple[tuple[str | None, Any], ...]:
+    """For each column in order, the name to read it by from a row given with ``names``,
+    or None for a column the row leaves to its default. A name that is no column would
+    silently be lost: it is refused."""
+    fields = _fields(vendor)
+    unknown = set(names) - {f.attname for f in fields}
     if unknown:
         raise TypeError(f"UsageRecord has no column {sorted(unknown)}")
+    return tuple((f.attname if f.attname in names else None, f) for f in fields)
+
+
+def _db() -> Any:
+    """The default database's connection object, looked up once per use: each attribute
+    read through ``django.db.connection`` is a lookup in a context-local store."""
+    return django_db.connections[django_db.DEFAULT_DB_ALIAS]
 
 
 def _insert_once(given: dict[str, Any]) -> bool:
-    fields = _fields(connection.vendor)
-    _check_columns(tuple(given))
-    if connection.vendor != "postgresql":  # the embedded SQLite default
+    db = _db()
+    columns = _columns(db.vendor, tuple(given))
+    if db.vendor != "postgresql":  # the embedded SQLite default
         row = UsageRecord(**given)
-        return _write_rows([[f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]])[0]
+        return _write_rows([[f.get_db_prep_save(f.pre_save(row, add=True), db) for _, f in columns]])[0]
     # Postgres takes the values as they are: ints, strs, bools, Decimals, an aware datetime;
     # a column the call does not set gets its field's default, as a model instance would.
-    values = [given[f.attname] if f.attname in given else f.get_default() for f in fields]
-    if connection.in_atomic_block:
+    values = [given[name] if name is not None else f.get_default() for name, f in columns]
+    if db.in_atomic_block:
         # The row belongs to the caller's transaction; another caller's commit must not carry it.
         return _write_rows([values])[0]
     return group_insert.insert(values)
@@ -177,24 +187,26 @@ def _insert_once(given: dict[str, Any]) -> bool:
 def _write_rows(rows: list[list[Any]]) -> list[bool]:
     """Insert ``rows`` in one statement; for each, whether this statement wrote it. A
     request id repeated within ``rows`` is written once, by its first occurrence."""
+    db = _db()
+    vendor = db.vendor
     params: list[Any]
-    if connection.vendor == "postgresql" and len(rows) > UNNEST_ABOVE:
-        sql, params = _unnest_sql(connection.vendor), [list(column) for column in zip(*rows, strict=True)]
+    if vendor == "postgresql" and len(rows) > UNNEST_ABOVE:
+        sql, params = _unnest_sql(vendor), [list(column) for column in zip(*rows, strict=True)]
     else:
-        sql, params = _insert_sql(connection.vendor, len(rows)), [value for row in rows for value in row]
-    if connection.vendor == "postgresql":
+        sql, params = _insert_sql(vendor, len(rows)), [value for row in rows for value in row]
+    if vendor == "postgresql":
         # A server-side binding cursor, so psycopg prepares the statement once per
         # connection (prepare_threshold, set in config/settings.py) instead of quoting
         # every value into the SQL text.
-        connection.ensure_connection()
-        with connection.wrap_database_errors:
-            cursor = connection._prepare_cursor(psycopg.Cursor(connection.connection))  # type: ignore[attr-defined]
+        db.ensure_connection()
+        with db.wrap_database_errors:
+            cursor = db._prepare_cursor(psycopg.Cursor(db.connection))
     else:
-        cursor = connection.cursor()
+        cursor = db.cursor()
     with cursor:
         cursor.execute(sql, params)
         written = {found for (found,) in cursor.fetchall()}
-    at = _request_id_index(connection.vendor)
+    at = _request_id_index(vendor)
     result, seen = [], set()
     for row in rows:
         request_id = row[at]
@@ -317,8 +329,9 @@ def give_back_connection() -> None:
     """A caller about to wait on another hands its pooled connection back (unless it is
     in a transaction), so the pool can never be drained by callers waiting on one that
     needs a connection to finish: the ledger's group leader, a counter rebuild."""
-    if connection.connection is not None and not connection.in_atomic_block:
-        connection.close()
+    db = _db()
+    if db.connection is not None and not db.in_atomic_block:
+        db.close()
 
 
 group_insert = GroupInsert(_write_rows, before_wait=give_back_connection)

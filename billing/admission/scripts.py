@@ -70,13 +70,20 @@ class Script:
         args_tail: list[Any] | None = None,
     ) -> Any:
         args = args or {}
-        if set(keys) != set(self.keys) or set(args) != set(self.args):
+        try:  # each name present, and nothing else (same count): no sets built per call
+            ordered = [keys[n] for n in self.keys]
+            argv = [checked(args[n], n) for n in self.args]
+            if len(keys) != len(self.keys) or len(args) != len(self.args):
+                raise KeyError
+        except KeyError:
             raise ScriptArgumentError(
                 f"{self.name}.lua takes KEYS {self.keys} and ARGV {self.args}; got {sorted(keys)} and {sorted(args)}"
-            )
-        argv = [checked(args[n], n) for n in self.args] + [checked(v, "tail") for v in args_tail or ()]
+            ) from None
+        if keys_tail:
+            ordered += keys_tail
+        if args_tail:
+            argv += [checked(v, "tail") for v in args_tail]
         client = connection.client()
-        ordered = [keys[n] for n in self.keys] + list(keys_tail or ())
         lane = getattr(client, "lane", None)
         if lane is not None:  # one server: the hot path (config.redis.ScriptLane)
             return lane.evalsha(self.sha, self.source, ordered, argv)
