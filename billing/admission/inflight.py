@@ -233,12 +233,23 @@ def _keep_forever(epoch: int) -> None:
             return
 
 
+# Whether the keeper still runs is asked at most once a second: under gevent,
+# ``Thread.is_alive`` takes a lock, and py-spy put it at 1 % of a call's CPU.
+_LIVENESS_EVERY = 1.0
+_keeper_seen_alive = 0.0
+
+
 def ensure_keeper() -> None:
-    """Start this process's keeper, once (again after a fork)."""
-    global _keeper, _keeper_pid, _keeper_started
+    """Start this process's keeper, once (again after a fork, or within a second of its end)."""
+    global _keeper, _keeper_pid, _keeper_started, _keeper_seen_alive
     keeper = _keeper
-    if keeper is not None and _keeper_started == _keeper_epoch and _keeper_pid == os.getpid() and keeper.is_alive():
-        return
+    if keeper is not None and _keeper_started == _keeper_epoch and _keeper_pid == os.getpid():
+        now = time.monotonic()
+        if now - _keeper_seen_alive < _LIVENESS_EVERY:
+            return
+        if keeper.is_alive():
+            _keeper_seen_alive = now
+            return
     with _lock:
         if _keeper is None or _keeper_pid != os.getpid() or not _keeper.is_alive() or _keeper_started != _keeper_epoch:
             _keeper_pid, _keeper_started = os.getpid(), _keeper_epoch

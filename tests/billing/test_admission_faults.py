@@ -247,3 +247,21 @@ class TestDeadWorkers:
         with pytest.raises(CommandError, match="still running"):
             call_command("reapworker", spool.worker_id())
         assert not UsageRecord.objects.exists()
+
+
+def test_a_keeper_that_ended_is_started_again_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a keeper that has ended (its liveness, asked at most once a second, last seen long ago)
+    import os
+    import threading
+
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    monkeypatch.setattr(inflight, "_keeper", ended)
+    monkeypatch.setattr(inflight, "_keeper_pid", os.getpid())
+    monkeypatch.setattr(inflight, "_keeper_started", inflight._keeper_epoch)
+    monkeypatch.setattr(inflight, "_keeper_seen_alive", 0.0)
+    # When the next admission asks for it, a new keeper runs
+    inflight.ensure_keeper()
+    assert inflight._keeper is not ended and inflight._keeper.is_alive()
+    inflight.reset()  # and the test's keeper stops with the test
