@@ -34,6 +34,8 @@ T = TypeVar("T")
 _MISSING = "__tollway_missing__"
 LOOKUPS = Counter("tollway_cache_lookups_total", "Hot-path cache lookups", ["cache", "tier"])
 _MAX_LOCAL_ENTRIES = 50_000
+# How long a caller waits for another's read of the same key before reading it itself.
+_FOLLOW_SECONDS = 5.0
 
 
 def _shared_enabled() -> bool:
@@ -41,13 +43,20 @@ def _shared_enabled() -> bool:
 
 
 class TieredCache(Generic[T]):
-    """Read-through cache of ``loader(key)`` results; ``None`` results are cached too."""
+    """Read-through cache of ``loader(key)`` results; ``None`` results are cached too.
+
+    One read per key at a time: when a key's local copy expires under load (every
+    ``LOCAL_CACHE_SECONDS``), the first caller reads it and the others wait for that read,
+    instead of each asking Redis (a 2,000-stream burst had hundreds of greenlets open
+    Redis connections for the same key every second)."""
 
     def __init__(self, namespace: str, loader: Callable[[str], T | None]) -> None:
         self.namespace = namespace
         self.loader = loader
         self._local: dict[str, tuple[float, T | None]] = {}
         self._lock = threading.Lock()
+        self._reading: dict[str, threading.Event] = {}
+        self._local_hits = LOOKUPS.labels(namespace, "local")
         # Shared keys whose deletion Redis did not take (it was down): deleted once it answers.
         self._pending: set[str] = set()
 
@@ -55,11 +64,30 @@ class TieredCache(Generic[T]):
         return f"{self.namespace}:{key}"
 
     def get(self, key: str) -> T | None:
-        now = time.monotonic()
         hit = self._local.get(key)
-        if hit is not None and hit[0] > now:
-            LOOKUPS.labels(self.namespace, "local").inc()
+        if hit is not None and hit[0] > time.monotonic():
+            self._local_hits.inc()
             return hit[1]
+        with self._lock:
+            reading = self._reading.get(key)
+            if reading is None:
+                self._reading[key] = done = threading.Event()
+        if reading is not None:  # another caller is reading this key: take its answer
+            reading.wait(_FOLLOW_SECONDS)
+            hit = self._local.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                self._local_hits.inc()
+                return hit[1]
+            return self._read(key)  # its read failed or is stuck: read it ourselves
+        try:
+            return self._read(key)
+        finally:
+            with self._lock:
+                del self._reading[key]
+            done.set()
+
+    def _read(self, key: str) -> T | None:
+        now = time.monotonic()
         value = self._fetch(key)
         if len(self._local) >= _MAX_LOCAL_ENTRIES:
             self._local.clear()

@@ -365,3 +365,62 @@ def test_the_lane_holds_at_most_the_pool_size_and_waits_for_a_free_connection(
     lane._idle.put_nowait(held)
     shared_redis.reset()
     assert lane_call("then")[0] == b"then"
+
+
+@pytest.mark.django_db
+def test_concurrent_reads_of_an_expired_key_ask_once_and_all_get_the_answer(server: RedisServer) -> None:
+    # Given a key whose local copy expired while many callers want it (a burst of streams)
+    loads: list[str] = []
+    gate = threading.Event()
+
+    def loader(key: str) -> str:
+        loads.append(key)
+        gate.wait(5)  # a slow read: the others arrive while it runs
+        return f"value-of-{key}"
+
+    tier: TieredCache[str] = TieredCache("tw:herd", loader)
+    answers: list[str | None] = []
+    callers = [threading.Thread(target=lambda: answers.append(tier.get("k"))) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: len(tier._reading) == 1 and len(loads) == 1, 5, "one caller to be reading")
+    gate.set()
+    for caller in callers:
+        caller.join(5)
+    # Then one read went to the loader, and every caller got its answer
+    assert loads == ["k"]
+    assert answers == ["value-of-k"] * 8
+    assert tier._reading == {}
+
+
+@pytest.mark.django_db
+def test_a_failed_read_leaves_the_others_to_read_for_themselves(server: RedisServer) -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def loader(key: str) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            gate.wait(5)
+            raise RuntimeError("the database went away")
+        return "fresh"
+
+    tier: TieredCache[str] = TieredCache("tw:herd-fail", loader)
+    outcomes: list[str] = []
+
+    def ask() -> None:
+        try:
+            outcomes.append(str(tier.get("k")))
+        except RuntimeError:
+            outcomes.append("failed")
+
+    first = threading.Thread(target=ask)
+    first.start()
+    wait_until(lambda: len(calls) == 1, 5, "the first read to start")
+    second = threading.Thread(target=ask)
+    second.start()
+    gate.set()
+    first.join(5)
+    second.join(5)
+    assert sorted(outcomes) == ["failed", "fresh"]
+    assert tier._reading == {}
