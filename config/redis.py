@@ -286,17 +286,7 @@ class ScriptLane:
 
     def evalsha(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         """``EVALSHA`` (``EVAL`` if Redis lost its script cache), under the health state."""
-        _before()
-        try:
-            result = self._call(sha, source, keys, args)
-        except OUTAGE_ERRORS as exc:
-            failed(exc)
-            raise
-        except RedisError:
-            _answered()
-            raise
-        _answered()
-        return result
+        return _guarded(self._call, sha, source, keys, args)
 
     def _call(self, sha: str, source: str, keys: list[str], args: list[Any]) -> Any:
         if self._pid != os.getpid():  # a forked child: its parent's sockets are not its own

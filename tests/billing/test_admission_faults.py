@@ -263,5 +263,6 @@ def test_a_keeper_that_ended_is_started_again_within_a_second(monkeypatch: pytes
     monkeypatch.setattr(inflight, "_keeper_seen_alive", 0.0)
     # When the next admission asks for it, a new keeper runs
     inflight.ensure_keeper()
-    assert inflight._keeper is not ended and inflight._keeper.is_alive()
+    started = inflight._keeper
+    assert started is not None and started is not ended and started.is_alive()
     inflight.reset()  # and the test's keeper stops with the test
