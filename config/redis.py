@@ -43,6 +43,7 @@ Three topologies, chosen by the settings (``docs/deploying/redis.md``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -210,12 +211,20 @@ class GuardedPool(redis.BlockingConnectionPool):
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         connection = super().get_connection(*args, **kwargs)
-        down_until = _health.down_until
-        if down_until and time.monotonic() < down_until:  # it waited through the start of an outage
+        if _waited_into_outage():
             self.release(connection)
-            SKIPPED.inc()
             raise RedisUnavailable("Redis failed while this command waited for a connection")
         return connection
+
+
+def _waited_into_outage() -> bool:
+    """Whether a command that has just got its connection (after waiting for a free one)
+    must not be sent: this worker started backing off meanwhile. Counted as skipped."""
+    down_until = _health.down_until
+    if down_until and time.monotonic() < down_until:
+        SKIPPED.inc()
+        return True
+    return False
 
 
 class GuardedPipeline(Pipeline):
@@ -266,8 +275,9 @@ class ScriptLane:
     pool's "has this connection unread data?" poll, which a connection that only ever
     carries this lane's request-reply pairs cannot have (any failure mid-reply, a gevent
     timeout included, disconnects it). The rules stay the client's: the shared health
-    state, the same timeouts, a refused or reset connection retried once at once, and at
-    most ``REDIS_MAX_CONNECTIONS`` connections, waited for up to ``REDIS_POOL_TIMEOUT``.
+    state (a script that waited for a connection into an outage is not sent), the same
+    timeouts, a refused or reset connection retried once at once, and at most
+    ``REDIS_MAX_CONNECTIONS`` connections, waited for up to ``REDIS_POOL_TIMEOUT``.
     Only for one server: Sentinel and Cluster clients run scripts through redis-py.
     """
 
@@ -296,6 +306,8 @@ class ScriptLane:
         except queue.Empty:
             raise RedisConnectionError("No connection available.") from None
         try:
+            if _waited_into_outage():  # as GuardedPool: a hung Redis costs one timeout, not one per waiter
+                raise RedisUnavailable("Redis failed while this script waited for a connection")
             if connection is None:
                 connection = self._connection_class(**self._connection_kwargs)
             try:
@@ -348,17 +360,12 @@ _client: Any = None
 _client_lock = threading.Lock()
 
 
-_driver_info: DriverInfo | None = None
-
-
+@functools.cache
 def _driver() -> DriverInfo:
     """What connections tell Redis they are (``CLIENT SETINFO``), made once: redis-py
     otherwise reads its version from the package metadata for every new connection, and
     py-spy found that at 2 % of a worker's CPU while a burst grew the pools."""
-    global _driver_info
-    if _driver_info is None:
-        _driver_info = DriverInfo()
-    return _driver_info
+    return DriverInfo()
 
 
 def connection_kwargs() -> dict[str, Any]:

@@ -121,6 +121,27 @@ def only_connection(settings: LazySettings) -> Any:
     return pool, pool.get_connection()
 
 
+def outage_while_waiting(command: Any, waits_on: Any, give_back: Any) -> str:
+    """Run ``command`` while its connection queue ``waits_on`` is empty; once it waits,
+    start an outage and give the connection back. Whether it was then sent or skipped."""
+    outcome: list[str] = []
+
+    def ask() -> None:
+        try:
+            command()
+            outcome.append("sent")
+        except shared_redis.RedisUnavailable:
+            outcome.append("skipped")
+
+    waiter = threading.Thread(target=ask)
+    waiter.start()
+    wait_until(lambda: len(waits_on.not_empty._waiters) == 1, 5, "the command to wait for a connection")
+    shared_redis.failed(RedisTimeoutError("another greenlet's command timed out"))
+    give_back()
+    waiter.join(5)
+    return outcome[0] if outcome else "still waiting"
+
+
 def test_a_full_pool_means_a_busy_worker_so_a_command_waits_and_redis_stays_up(
     server: RedisServer, settings: LazySettings
 ) -> None:
@@ -139,22 +160,10 @@ def test_a_command_that_waited_for_a_connection_through_the_start_of_an_outage_i
     server: RedisServer, settings: LazySettings
 ) -> None:
     pool, held = only_connection(settings)
-    outcome: list[str] = []
-
-    def ask() -> None:
-        try:
-            shared_redis.client().set("late", "1")
-            outcome.append("sent")
-        except shared_redis.RedisUnavailable:
-            outcome.append("skipped")
-
-    waiter = threading.Thread(target=ask)
-    waiter.start()
-    wait_until(lambda: len(pool.pool.not_empty._waiters) == 1, 5, "the command to wait for the pool")
-    shared_redis.failed(RedisTimeoutError("another greenlet's command timed out"))
-    pool.release(held)
-    waiter.join(5)
-    assert outcome == ["skipped"]
+    outcome = outage_while_waiting(
+        lambda: shared_redis.client().set("late", "1"), pool.pool, lambda: pool.release(held)
+    )
+    assert outcome == "skipped"
     assert shared_redis.client().connection_pool.pool.qsize() == 1  # put back, unused
     shared_redis.reset()
     assert shared_redis.client().get("late") is None
@@ -424,3 +433,21 @@ def test_a_failed_read_leaves_the_others_to_read_for_themselves(server: RedisSer
     second.join(5)
     assert sorted(outcomes) == ["failed", "fresh"]
     assert tier._reading == {}
+
+
+def test_a_lane_call_that_waited_for_a_connection_through_the_start_of_an_outage_is_not_sent(
+    server: RedisServer, settings: LazySettings
+) -> None:
+    # Given a lane of one connection that a busy greenlet holds
+    settings.TOLLWAY = {**settings.TOLLWAY, "REDIS_MAX_CONNECTIONS": 1}
+    shared_redis.forget_client()
+    lane = shared_redis.script_lane()
+    assert lane is not None
+    held = lane._idle.get_nowait()
+    # When an outage starts while a script waits for it, then the script is not sent (a
+    # hung Redis would cost every waiter one more timeout), and its connection goes back unused
+    outcome = outage_while_waiting(lambda: lane_call("late"), lane._idle, lambda: lane._idle.put_nowait(held))
+    assert outcome == "skipped"
+    assert lane._idle.qsize() == 1
+    shared_redis.reset()
+    assert lane_call("then") == [b"then", 1]
