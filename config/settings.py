@@ -534,7 +534,13 @@ LOGGING = {
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "handlers": {
+        "console": {
+            "class": "config.logs.BatchedStreamHandler",  # a write per batch of lines, not per line
+            "formatter": LOG_FORMAT,
+            "flush_seconds": env.float("TOLLWAY_LOG_FLUSH_SECONDS", 0.2),
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
