@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core.cache import cache
 from prometheus_client import Counter
 
-from config import redis
+from config import metrics, redis
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ class TieredCache(Generic[T]):
         self._local: dict[str, tuple[float, T | None]] = {}
         self._lock = threading.Lock()
         self._reading: dict[str, threading.Event] = {}
-        self._local_hits = LOOKUPS.labels(namespace, "local")
+        self._local_hits = metrics.PendingCounter(LOOKUPS.labels(namespace, "local"))
         # Shared keys whose deletion Redis did not take (it was down): deleted once it answers.
         self._pending: set[str] = set()
 

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from billing.pricing import TokenUsage, usd
+from config import metrics
 
 if TYPE_CHECKING:
     from proxy.meter import Call
@@ -50,15 +51,22 @@ COST = Counter("tollway_cost_usd_total", "USD billed (the ledger is exact; this 
 UPSTREAM_ERRORS = Counter("tollway_upstream_errors_total", "Provider failures", ["provider", "code"])
 
 _tenants: set[str] = set()
-# Labelled children, looked up once: ``labels()`` validates and locks on every call.
+# Labelled children, looked up once (``labels()`` validates and locks on every call), and
+# bumped in memory: config.metrics writes them out once a second.
 _children: dict[tuple[Any, ...], Any] = {}
+_BUCKETS = {UPSTREAM_SECONDS: _LATENCY_BUCKETS}
+_OVERHEAD = metrics.PendingHistogram(OVERHEAD_SECONDS, _OVERHEAD_BUCKETS)
+_TTFB = metrics.PendingHistogram(TTFB_SECONDS, _LATENCY_BUCKETS)
 
 
 def _child(metric: Any, *values: str) -> Any:
     key = (metric, *values)
     child = _children.get(key)
     if child is None:
-        child = _children[key] = metric.labels(*values)
+        found = metric.labels(*values)
+        buckets = _BUCKETS.get(metric)
+        child = metrics.PendingHistogram(found, buckets) if buckets else metrics.PendingCounter(found)
+        _children[key] = child
     return child
 
 
@@ -85,8 +93,8 @@ def call_finished(call: Call, usage: TokenUsage, cost: Any, *, outcome: str, est
         REQUESTS, call.chat.endpoint, model, target.provider_name, status, _tenant_label(call.principal.tenant_slug)
     ).inc()
     _child(UPSTREAM_SECONDS, target.provider_name).observe(upstream)
-    OVERHEAD_SECONDS.observe(overhead)
-    TTFB_SECONDS.observe(ttfb)
+    _OVERHEAD.observe(overhead)
+    _TTFB.observe(ttfb)
     _child(TOKENS, model, "input").inc(usage.input_tokens)
     _child(TOKENS, model, "output").inc(usage.output_tokens)
     _child(TOKENS, model, "cached").inc(usage.cached_input_tokens)
@@ -156,6 +164,7 @@ class SpoolCollector:
 
 def exposition() -> tuple[bytes, str]:
     """The metrics page: every gunicorn worker's, merged, when running multiprocess."""
+    metrics.flush()  # this worker's own counts, up to now
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

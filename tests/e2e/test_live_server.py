@@ -207,16 +207,23 @@ def test_embedded_default_as_make_run_serves_it(tmp_path: Path, sdk: Any) -> Non
 
 
 def test_metrics_merge_every_worker(live: str, key: services.CreatedKey) -> None:
-    """Two gevent workers, one /metrics: prometheus-client's multiprocess mode."""
+    """Two gevent workers, one /metrics: prometheus-client's multiprocess mode. Each
+    worker writes its counts out once a second (config.metrics)."""
     headers = {"Authorization": f"Bearer {key.plaintext}"}
     body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "count"}]}
+
+    def served(client: httpx.Client) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("tollway_requests_total{") and 'model="gpt-4.1"' in line and 'status="200"' in line
+        )
+
     with httpx.Client(base_url=live) as client:
         for _ in range(20):
             assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
-        text = client.get("/metrics").text
-    served = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("tollway_requests_total{") and 'model="gpt-4.1"' in line and 'status="200"' in line
-    ]
-    assert sum(served) == 20
+        deadline = time.monotonic() + 5
+        while served(client) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # past every worker's next write: nothing counted twice
+        assert served(client) == 20
