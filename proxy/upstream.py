@@ -29,9 +29,12 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from functools import lru_cache
 from typing import Any
 
+import h11
 import httpcore
 import httpx
 from django.conf import settings
+
+from proxy.chunked import ChunkedBody, whole_chunks
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +244,11 @@ class Pool:
             self._slots.release()
             raise
         assert isinstance(response.stream, Iterable)  # the sync connection's body
-        body = _Body(response.stream, self, request, connection, origin_request)
+        chunked = any(
+            name.lower() == b"transfer-encoding" and value.lower().endswith(b"chunked")
+            for name, value in response.headers
+        )
+        body = _Body(response.stream, self, request, connection, origin_request, chunked=chunked)
         return response.status, response.headers, body, response.extensions
 
     def _checkout(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
@@ -368,6 +375,10 @@ class _Body(httpx.SyncByteStream):
     """A response body that hands its connection back to the pool when closed, and raises
     httpx's errors (as ``httpx.HTTPTransport``'s body does) for httpcore's.
 
+    A chunked body (a stream) is read by ``proxy.chunked`` when httpcore's connection is as
+    expected: the HTTP/1.1 connection, its h11 state at the start of the body, holding
+    whole chunks only. Otherwise, or if a release changed those parts, httpcore reads it.
+
     A caller that stops reading before the end (an SSE stream is done at ``[DONE]``, before
     the closing chunk) would cost the connection: closing then reads on for a moment, so
     the connection ends the response cleanly and can be reused, or closes if it cannot.
@@ -380,6 +391,8 @@ class _Body(httpx.SyncByteStream):
         request: httpcore.Request,
         connection: httpcore.HTTPConnection,
         origin_request: httpx.Request,
+        *,
+        chunked: bool = False,
     ) -> None:
         self._stream = stream
         self._origin_request = origin_request
@@ -387,13 +400,15 @@ class _Body(httpx.SyncByteStream):
         self._request = request
         self._connection: httpcore.HTTPConnection | None = connection
         self._complete = False
+        self._chunked = chunked
         self._reading: Iterator[bytes] | None = None
+        self.direct = False  # read by proxy.chunked, not by h11
 
     def __iter__(self) -> Iterator[bytes]:
         # Not ``yield from``: a caller dropping this iterator must not close httpcore's,
         # which would close the connection before close() can save it. The body's own
         # iterator is kept on the instance for the same reason.
-        self._reading = iter(self._stream)
+        self._reading = self._read_directly() or iter(self._stream)
         while True:
             try:
                 data = next(self._reading)
@@ -410,6 +425,45 @@ class _Body(httpx.SyncByteStream):
                 self.close()
                 raise
             yield data
+
+    def _read_directly(self) -> Iterator[bytes] | None:
+        """The chunked body read off the socket, or None where h11 must read it."""
+        connection = getattr(self._stream, "_connection", None)
+        state = getattr(connection, "_h11_state", None)
+        network = getattr(connection, "_network_stream", None)
+        if (
+            not self._chunked
+            or not isinstance(state, h11.Connection)
+            or state.their_state is not h11.SEND_BODY
+            or not callable(getattr(network, "read", None))
+        ):
+            return None
+        leading, closed = state.trailing_data
+        if closed or not whole_chunks(leading):
+            return None
+        self.direct = True
+        return self._chunks(state, network, leading, int(getattr(connection, "READ_NUM_BYTES", 65536)))
+
+    def _chunks(self, state: h11.Connection, network: Any, leading: bytes, size: int) -> Iterator[bytes]:
+        extensions = self._request.extensions
+
+        def read() -> bytes:
+            # The read timeout is looked up per read: the stream sets it once the body
+            # starts, and _finish() shortens it.
+            return bytes(network.read(size, extensions.get("timeout", {}).get("read")))
+
+        body = ChunkedBody(read, leading)
+        yield from body
+        # h11 reads the last chunk and its trailers, after the whole chunks it still holds:
+        # the message has ended for it too, and httpcore reuses the connection.
+        assert body.tail is not None
+        state.receive_data(body.tail)
+        try:
+            while not isinstance(event := state.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    raise httpcore.RemoteProtocolError("the chunked body did not end where it was read to end")
+        except h11.RemoteProtocolError as exc:
+            raise httpcore.RemoteProtocolError(str(exc)) from exc
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -428,7 +482,8 @@ class _Body(httpx.SyncByteStream):
         self._request.extensions["timeout"] = {**self._request.extensions.get("timeout", {}), "read": FINISH_SECONDS}
         left = FINISH_BYTES
         try:
-            for data in self._stream:
+            # A body read directly goes on where it stopped; h11 knows where it stands.
+            for data in self._reading if self.direct and self._reading is not None else self._stream:
                 left -= len(data)
                 if left < 0:
                     return
