@@ -1,4 +1,4 @@
-"""Socket waits that skip gevent's ``select.poll`` emulation, which is costly per call.
+"""Socket waits (and sends) that skip gevent's emulations, which are costly per call.
 
 Under gevent, ``select.poll`` is an emulation that builds watchers and result objects on
 every call. Three libraries on the request path call it per request, and py-spy put them
@@ -10,6 +10,11 @@ at about a fifth of a worker's CPU:
   checks with a timeout keep gevent's.
 * psycopg waits for every query's answer with ``poll``. Here it waits on one gevent io
   watcher instead, keeping ``psycopg.waiting.wait_poll``'s contract.
+
+And gevent's ``sendall``, which asks the kernel for the socket's send buffer size
+(``getsockopt``) and reads the clock before every send, however small: a relayed SSE
+chunk, a Redis command, the answer to a call. Here a send that fits goes out in one
+``send``; only what did not fit takes gevent's own path (TLS sockets keep theirs).
 
 And one rule for Redis's short timeouts: a worker saturated by a burst can wake a
 greenlet after its timer although Redis's answer is already there. A read that times out
@@ -64,6 +69,7 @@ def install() -> tuple[str, ...]:
         "httpcore": _patch_httpcore,
         "redis": _patch_redis,
         "psycopg": _patch_psycopg,
+        "sendall": _patch_sendall,
     }
     applied = []
     for name, patch in patches.items():
@@ -112,6 +118,31 @@ def _patch_httpcore(real_poll: Callable[[], Any]) -> None:
         return True if fd is None or fd < 0 else _ready(real_poll, fd)  # a closed socket reads as EOF
 
     httpcore_sync.is_socket_readable = is_socket_readable
+
+
+def _patch_sendall(real_poll: Callable[[], Any]) -> None:
+    from gevent import _socket3
+
+    cls = _socket3.socket
+    if getattr(cls.sendall, "_tollway", False):
+        return  # installed already
+    gevent_sendall = _expect(cls, "sendall", ("self", "data", "flags"))
+    if not any("_sock" in getattr(klass, "__slots__", ()) for klass in cls.__mro__):
+        raise ShapeChanged("gevent's socket no longer holds its OS socket in _sock")
+
+    def sendall(self: Any, data: Any, flags: int = 0) -> None:
+        if type(self) is cls and type(data) is bytes and data:  # a TLS socket is a subclass
+            try:
+                sent = self._sock.send(data, flags)  # the OS socket, non-blocking
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        gevent_sendall(self, data, flags)
+
+    sendall._tollway = True  # type: ignore[attr-defined]
+    cls.sendall = sendall
 
 
 def _patch_redis(real_poll: Callable[[], Any]) -> None:

@@ -23,7 +23,7 @@ def run_patched(code: str, *, before_install: str = "") -> subprocess.CompletedP
     apply every patch unless ``before_install`` changed a library."""
     install = "applied = greenio.install()\n"
     if not before_install:
-        install += "assert applied == ('httpcore', 'redis', 'psycopg'), applied\n"
+        install += "assert applied == ('httpcore', 'redis', 'psycopg', 'sendall'), applied\n"
     program = PATCHED + textwrap.dedent(before_install) + install + textwrap.dedent(code)
     result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -137,6 +137,11 @@ def test_a_library_release_that_changed_what_a_patch_replaces_keeps_its_own_beha
             return library_wait(gen, fd, interval, timeout)
         psycopg.waiting.wait = wait
         sys.modules["httpcore._backends.sync"] = None
+        from gevent import _socket3
+        gevent_sendall = _socket3.socket.sendall
+        def sendall(self, data):
+            return gevent_sendall(self, data)
+        _socket3.socket.sendall = sendall
         """
     # when the worker installs the patches, then nothing is patched and the worker still
     # talks to Postgres, concurrently, through psycopg's own wait
@@ -158,4 +163,30 @@ def test_a_library_release_that_changed_what_a_patch_replaces_keeps_its_own_beha
     # and the log says which patch was skipped, and why
     assert "redis patch skipped" in result.stderr and "_socket_can_read is missing" in result.stderr
     assert "psycopg patch skipped" in result.stderr and "takes (gen, fd, interval, timeout)" in result.stderr
+    assert "sendall patch skipped" in result.stderr and "takes (self, data), not (self, data, flags)" in result.stderr
     assert "httpcore patch skipped" in result.stderr
+
+
+def test_a_send_that_fits_goes_out_at_once_and_a_large_one_whole() -> None:
+    out = run_patched(
+        """
+        import socket, gevent
+        from gevent import _socket3
+        asked = []
+        getsockopt = _socket3.socket.getsockopt
+        def counting(self, *args):
+            asked.append(args)
+            return getsockopt(self, *args)
+        _socket3.socket.getsockopt = counting
+        a, b = socket.socketpair()
+        a.sendall(b"data: one chunk\\n\\n")
+        print(b.recv(100) == b"data: one chunk\\n\\n", len(asked))
+        payload = bytes(range(256)) * 40_000  # 10 MB: far past the socket's buffer
+        reader = gevent.spawn(lambda: b"".join(iter(lambda: b.recv(1 << 20), b"")))
+        a.sendall(payload)
+        a.close()
+        print(reader.get(timeout=20) == payload, len(asked) > 0)
+        """
+    ).stdout
+    # the small send skipped gevent's getsockopt; the large one went out whole, by gevent's path
+    assert out.split("\n")[:2] == ["True 0", "True True"]
