@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import httpcore
 
 _SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*")  # h11's chunk header
+_HEX = b"0123456789abcdefABCDEF"
 MAX_LINE = 16 * 1024  # a chunk header, or the trailer section, as h11 bounds its events
 
 
@@ -27,6 +28,8 @@ def _bad(what: str) -> httpcore.RemoteProtocolError:
 
 
 def _size(line: bytes) -> int:
+    if 0 < len(line) <= 20 and not line.strip(_HEX):  # bare hex digits: nearly every chunk
+        return int(line, 16)
     found = _SIZE.fullmatch(line)
     if found is None:
         raise _bad(f"illegal chunk header {line[:40]!r}")

@@ -125,20 +125,12 @@ def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 def sse_payloads(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """:func:`sse_data`'s payloads as the provider's own bytes."""
+    """:func:`sse_data`'s payloads as the provider's own bytes.
+
+    Lines end in LF, CRLF or CR (as the SSE spec allows), however the network split them;
+    the end of the stream ends the last line and event. One loop, not a generator of lines
+    under a generator of events: every relayed chunk passes here."""
     data: list[bytes] = []
-    for line in _sse_lines(chunks):
-        if not line:
-            if data:
-                yield b"\n".join(data)
-                data = []
-        elif line.startswith(b"data:"):
-            data.append(line[5:].lstrip(b" "))
-
-
-def _sse_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The stream's lines, which end in LF, CRLF or CR (as the SSE spec allows), however
-    the network split them; the end of the stream ends the last line and event."""
     pending = b""
     for chunk in chunks:
         pending += chunk
@@ -149,10 +141,19 @@ def _sse_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         *lines, pending = complete.split(b"\n")
         if held:
             pending += b"\r"
-        yield from lines
+        for line in lines:
+            if not line:
+                if data:
+                    yield data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                data.append(line[5:].lstrip(b" "))
     if pending:
-        yield pending.rstrip(b"\r")
-    yield b""
+        line = pending.rstrip(b"\r")
+        if line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+    if data:
+        yield data[0] if len(data) == 1 else b"\n".join(data)
 
 
 def bad_event() -> UpstreamError:
