@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import weakref
 from typing import TextIO
+
+from config import background
 
 DEFAULT_FLUSH_SECONDS = 0.2
 MAX_PENDING_CHARS = 64 * 1024
@@ -66,9 +67,10 @@ class BatchedStreamHandler(logging.StreamHandler[TextIO]):
             self.handleError(logging.makeLogRecord({"msg": "log lines could not be written"}))
 
     def _start_flusher(self) -> None:
-        # A thread per process (a greenlet under gevent), started by the first waiting line.
+        # One per process, started by the first waiting line, wherever it was logged
+        # (gunicorn's SIGTERM handler logs from gevent's loop).
         self._flusher_pid = os.getpid()
-        threading.Thread(target=_flush_every, args=(weakref.ref(self),), name="log-flusher", daemon=True).start()
+        background.start(_flush_every, weakref.ref(self), name="log-flusher")
 
 
 def _flush_every(handler_ref: weakref.ref[BatchedStreamHandler]) -> None:

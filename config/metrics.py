@@ -20,10 +20,11 @@ import bisect
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from config import background
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _hold(pending: PendingCounter | PendingHistogram) -> None:
 def _start_flusher() -> None:
     global _flusher_pid
     _flusher_pid = os.getpid()
-    threading.Thread(target=_flush_every, name="metrics-flusher", daemon=True).start()
+    background.start(_flush_every, name="metrics-flusher")  # safe from gevent's loop too
 
 
 def _flush_every() -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +118,39 @@ def test_the_console_handler_batches() -> None:
     handler = logging.getLogger("tollway.request").handlers[0]
     assert isinstance(handler, BatchedStreamHandler)
     assert 0 < handler.flush_seconds <= 1
+
+
+def test_a_first_line_logged_from_gevents_loop_is_written_and_the_worker_lives() -> None:
+    # gunicorn's SIGTERM handler runs in gevent's loop, and logs; a thread cannot be
+    # started there (BlockingSwitchOutError killed the worker).
+    program = textwrap.dedent(
+        """
+        from gevent import monkey; monkey.patch_all()
+        import logging, sys, gevent
+        from config import metrics
+        metrics.FLUSH_SECONDS = 0.05
+        from config.logs import BatchedStreamHandler
+        from prometheus_client import CollectorRegistry, Counter
+        logger = logging.getLogger("worker")
+        logger.addHandler(BatchedStreamHandler(sys.stdout, flush_seconds=0.05))
+        logger.setLevel(logging.INFO)
+        counter = Counter("t_loop", "from the loop", registry=CollectorRegistry())
+        pending = metrics.PendingCounter(counter)
+        def on_sigterm():
+            logger.info("draining: SIGTERM received")
+            pending.inc()
+        gevent.get_hub().loop.run_callback(on_sigterm)
+        gevent.sleep(0.5)  # the flushers run
+        print("alive", counter._value.get())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["draining: SIGTERM received", "alive 1.0"]
+    assert "BlockingSwitchOutError" not in result.stderr
