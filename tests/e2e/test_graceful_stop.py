@@ -109,11 +109,12 @@ def test_sigterm_finishes_the_stream_in_flight_bills_it_and_takes_no_new_calls(
         assert refused.json()["error"]["code"] == "server_draining"
         assert refused.headers["x-should-retry"] == "true"
 
-        # after the drain the listener closes: new connections are not accepted at all
+        # after the drain the listener closes: new connections are not accepted at all.
+        # One the kernel queued just before the close is reset, never answered.
         while True:
             try:
                 get(f"{base}/health")
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
                 break
             assert time.monotonic() - sent < DRAIN_SECONDS + 5, "still accepting connections after the drain"
             time.sleep(0.1)
