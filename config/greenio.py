@@ -4,10 +4,10 @@ Under gevent, ``select.poll`` is an emulation that builds watchers and result ob
 every call. Three libraries on the request path call it per request, and py-spy put them
 at about a fifth of a worker's CPU:
 
-* httpcore, before it reuses a pooled upstream connection, and redis-py, before it hands
-  out a pooled connection, ask "is this socket readable right now?" with ``poll(0)``.
-  A zero-timeout poll(2) never blocks, so the real one is safe in a gevent worker;
-  checks with a timeout keep gevent's.
+* redis-py, before it hands out a pooled connection, asks "is this socket readable right
+  now?" with ``poll(0)``. A zero-timeout poll(2) never blocks, so the real one is safe in
+  a gevent worker; checks with a timeout keep gevent's. (``proxy.http11`` asks the same
+  of an idle upstream connection with the real poll itself.)
 * psycopg waits for every query's answer with ``poll``. Here it waits on one gevent io
   watcher instead, keeping ``psycopg.waiting.wait_poll``'s contract.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import inspect
 import logging
 import select
-import socket
 import time
 from collections.abc import Callable, Generator
 from types import ModuleType
@@ -66,7 +65,6 @@ def install() -> tuple[str, ...]:
         return ()
     real_poll = monkey.get_original("select", "poll")
     patches: dict[str, Callable[[Callable[[], Any]], None]] = {
-        "httpcore": _patch_httpcore,
         "redis": _patch_redis,
         "psycopg": _patch_psycopg,
         "sendall": _patch_sendall,
@@ -106,18 +104,6 @@ def _ready(real_poll: Callable[[], Any], fd: Any) -> bool:
     poller = real_poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
-
-
-def _patch_httpcore(real_poll: Callable[[], Any]) -> None:
-    import httpcore._backends.sync as httpcore_sync
-
-    _expect(httpcore_sync, "is_socket_readable", ("sock",))
-
-    def is_socket_readable(sock: socket.socket | None) -> bool:
-        fd = None if sock is None else sock.fileno()
-        return True if fd is None or fd < 0 else _ready(real_poll, fd)  # a closed socket reads as EOF
-
-    httpcore_sync.is_socket_readable = is_socket_readable
 
 
 def _patch_sendall(real_poll: Callable[[], Any]) -> None:

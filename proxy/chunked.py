@@ -1,14 +1,9 @@
-"""A streamed upstream body read straight off the socket, without h11's events.
+"""A chunked upstream body (a stream), read straight off the socket.
 
-h11 turns each chunk of a chunked body into an event through a state machine, a reader
-object, a receive buffer and httpcore's wrappers around each (a context manager per read):
-at 2,000 streams, yappi put reading the body through them at a fifth of a worker's CPU.
-Here the framing (RFC 9112 §7.1) is parsed in one loop, as strictly as h11 does.
-
-h11 stays the connection's bookkeeper: at the start it has parsed the headers and holds
-what came with them; at the end it is handed the last chunk and trailers (and re-reads the
-whole chunks it held), so it reaches the end of the message and the connection is reused
-exactly as if h11 had read it all. ``proxy.upstream._Body`` decides when this applies.
+h11 turns each chunk into an event through a state machine, a reader object, a receive
+buffer and httpcore's wrappers around each: at 2,000 streams, yappi put reading the body
+through them at a fifth of a worker's CPU. Here the framing (RFC 9112 §7.1) is parsed in
+one loop, as strictly as h11 does. ``proxy.http11`` reads every chunked body with it.
 """
 
 from __future__ import annotations
@@ -16,15 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-import httpcore
+import httpx
 
 _SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*")  # h11's chunk header
 _HEX = b"0123456789abcdefABCDEF"
 MAX_LINE = 16 * 1024  # a chunk header, or the trailer section, as h11 bounds its events
 
 
-def _bad(what: str) -> httpcore.RemoteProtocolError:
-    return httpcore.RemoteProtocolError(f"malformed chunked body: {what}")
+def _bad(what: str) -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(f"malformed chunked body: {what}")
 
 
 def _size(line: bytes) -> int:
@@ -34,26 +29,6 @@ def _size(line: bytes) -> int:
     if found is None:
         raise _bad(f"illegal chunk header {line[:40]!r}")
     return int(found.group(1), 16)
-
-
-def whole_chunks(data: bytes) -> bool:
-    """Whether ``data`` is a run of complete chunks, none of them the last one: where h11,
-    holding it, would stand at the start of a chunk header."""
-    pos, end = 0, len(data)
-    while pos < end:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            return False
-        try:
-            size = _size(data[pos:eol])
-        except httpcore.RemoteProtocolError:
-            return False
-        if size == 0:
-            return False
-        pos = eol + 2 + size + 2
-        if pos > end or data[pos - 2 : pos] != b"\r\n":
-            return False
-    return True
 
 
 class ChunkedBody:
@@ -104,10 +79,19 @@ class ChunkedBody:
 def _more(read: Callable[[], bytes]) -> bytes:
     data = read()
     if not data:
-        raise httpcore.RemoteProtocolError(
+        raise httpx.RemoteProtocolError(
             "peer closed connection without sending complete message body (incomplete chunked read)"
         )
     return data
+
+
+def trailers_end(tail: bytes) -> int:
+    """Where a ``tail`` (the last chunk and its trailers, and whatever came after them) ends
+    its message: just past the trailer section's empty line."""
+    start = tail.index(b"\r\n") + 2
+    if tail[start : start + 2] == b"\r\n":
+        return start + 2
+    return tail.index(b"\r\n\r\n", start) + 4
 
 
 def _trailers_read(buf: bytes, start: int) -> bool:

@@ -9,36 +9,31 @@ none of them (no redirects are followed, no cookies kept), and py-spy put those 
 at about a tenth of a worker's CPU per request.
 
 The transport is Tollway's (``UpstreamTransport``, a public ``httpx.BaseTransport``) over
-its own pool (``Pool``): httpcore's connections, with O(1) bookkeeping. Both use only
-httpcore's public API, and only once ``pool_shape_problem`` has found it as expected: if a
-release changed it, the process logs a warning and uses httpx's own ``HTTPTransport``
-(slower, same behaviour) rather than failing at the first call.
+its own pool (``Pool``) of ``proxy.http11`` connections: a request leaves in one send and
+its answer is parsed in one pass, at a tenth of the CPU httpcore and h11 took
+(docs/decisions/0030). It uses httpx's public API only: requests, responses, errors.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import inspect
 import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from functools import lru_cache
 from typing import Any
 
-import h11
-import httpcore
 import httpx
 from django.conf import settings
 
-from proxy.chunked import ChunkedBody, whole_chunks
+from proxy import http11
 
 log = logging.getLogger(__name__)
 
-_transport: httpx.BaseTransport | None = None
+_transport: UpstreamTransport | None = None
 _transport_pid = 0
 _lock = threading.Lock()
 
@@ -48,44 +43,10 @@ KEEPALIVE_EXPIRY = 30.0  # seconds an idle upstream connection is kept
 FINISH_SECONDS = 0.05
 FINISH_BYTES = 65536
 
-# What the pool uses of httpcore's public API: names, and the methods called on each.
-_HTTPCORE_NEEDS: dict[str, tuple[str, ...]] = {
-    "HTTPConnection": ("handle_request", "is_idle", "has_expired", "is_closed", "close"),
-    "SyncBackend": ("connect_tcp", "connect_unix_socket", "sleep"),
-    "Request": (),
-    "Response": (),
-    "URL": (),
-    "Origin": (),
-    "PoolTimeout": (),
-    "UnsupportedProtocol": (),
-    "WriteError": (),
-}
-_HTTPCORE_CONNECTION_ARGS = ("origin", "ssl_context", "keepalive_expiry", "network_backend")
-_STREAM_METHODS = ("read", "write", "close", "start_tls", "get_extra_info")
+Key = tuple[bytes, str, int]  # scheme, host, port
 
 
-def pool_shape_problem() -> str | None:
-    """What in httpcore is not as the pool expects, or None: checked once per process."""
-    for name, methods in _HTTPCORE_NEEDS.items():
-        found = getattr(httpcore, name, None)
-        if found is None:
-            return f"httpcore.{name} is missing"
-        for method in methods:
-            if not callable(getattr(found, method, None)):
-                return f"httpcore.{name}.{method} is missing"
-    try:
-        params = inspect.signature(httpcore.HTTPConnection).parameters
-    except (TypeError, ValueError):
-        return "httpcore.HTTPConnection's signature cannot be read"
-    if missing := [name for name in _HTTPCORE_CONNECTION_ARGS if name not in params]:
-        return f"httpcore.HTTPConnection takes no {', '.join(missing)}"
-    stream = getattr(httpcore, "NetworkStream", None)
-    if stream is not None and (missing := [m for m in _STREAM_METHODS if not hasattr(stream, m)]):
-        return f"httpcore.NetworkStream has no {', '.join(missing)}"
-    return None
-
-
-def transport() -> httpx.BaseTransport:
+def transport() -> UpstreamTransport:
     global _transport, _transport_pid
     if _transport is None or _transport_pid != os.getpid():
         with _lock:
@@ -95,95 +56,54 @@ def transport() -> httpx.BaseTransport:
     return _transport
 
 
-def _new_transport() -> httpx.BaseTransport:
+def _new_transport() -> UpstreamTransport:
     conf = settings.TOLLWAY
-    max_connections, max_keepalive = int(conf["UPSTREAM_MAX_CONNECTIONS"]), int(conf["UPSTREAM_MAX_KEEPALIVE"])
-    problem = pool_shape_problem()
-    if problem is None:
-        return UpstreamTransport(
-            Pool(
-                ssl_context=httpx.create_ssl_context(trust_env=False),
-                max_connections=max_connections,
-                max_keepalive=max_keepalive,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-            )
+    return UpstreamTransport(
+        Pool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=int(conf["UPSTREAM_MAX_CONNECTIONS"]),
+            max_keepalive=int(conf["UPSTREAM_MAX_KEEPALIVE"]),
+            keepalive_expiry=KEEPALIVE_EXPIRY,
         )
-    log.warning(
-        "upstream pool: %s (httpcore %s); using httpx's own HTTPTransport instead, which works "
-        "but costs more CPU per call. Pin the httpcore version requirements.txt was tested with.",
-        problem,
-        getattr(httpcore, "__version__", "?"),
     )
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_keepalive, keepalive_expiry=KEEPALIVE_EXPIRY
-    )
-    return httpx.HTTPTransport(trust_env=False, limits=limits)
 
 
-def pool() -> Pool | None:
-    """This process's pool; None when the fallback transport is in use."""
-    found = transport()
-    return found.pool if isinstance(found, UpstreamTransport) else None
+def pool() -> Pool:
+    """This process's pool."""
+    return transport().pool
 
 
-def _httpcore_errors() -> list[tuple[type[Exception], type[httpx.RequestError]]]:
-    """httpcore's errors and httpx's for each, most specific first (as httpx maps them)."""
-    pairs = [
-        ("TimeoutException", httpx.TimeoutException),
-        ("ConnectTimeout", httpx.ConnectTimeout),
-        ("ReadTimeout", httpx.ReadTimeout),
-        ("WriteTimeout", httpx.WriteTimeout),
-        ("PoolTimeout", httpx.PoolTimeout),
-        ("NetworkError", httpx.NetworkError),
-        ("ConnectError", httpx.ConnectError),
-        ("ReadError", httpx.ReadError),
-        ("WriteError", httpx.WriteError),
-        ("ProxyError", httpx.ProxyError),
-        ("UnsupportedProtocol", httpx.UnsupportedProtocol),
-        ("ProtocolError", httpx.ProtocolError),
-        ("LocalProtocolError", httpx.LocalProtocolError),
-        ("RemoteProtocolError", httpx.RemoteProtocolError),
-    ]
-    found = [(getattr(httpcore, name), mapped) for name, mapped in pairs if hasattr(httpcore, name)]
-    # A subclass before its base, so the first match is the most specific.
-    return sorted(found, key=lambda pair: -len(pair[0].__mro__))
-
-
-_ERRORS = _httpcore_errors()
-
-
-def _mapped(exc: Exception, request: httpx.Request) -> Exception:
-    for source, target in _ERRORS:
-        if isinstance(exc, source):
-            return target(str(exc), request=request)
-    return exc
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
 class UpstreamTransport(httpx.BaseTransport):
-    """An ``httpx.BaseTransport`` over ``Pool``: what ``httpx.HTTPTransport`` does (an httpx
-    request to httpcore's, httpcore's errors to httpx's), through public APIs only."""
+    """An ``httpx.BaseTransport`` over ``Pool``: an httpx request in, an httpx response
+    out, httpx's errors (with the request attached) for anything that fails."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.SyncByteStream)
         url = request.url
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(
+                f"Request URL has an unsupported protocol '{url.scheme}://'.", request=request
+            )
+        key = (scheme, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS[scheme])
+        method = request.method.encode("ascii")
         try:
-            status, headers, body, extensions = self.pool.handle_request(core_request, request)
-        except Exception as exc:
-            mapped = _mapped(exc, request)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-        return httpx.Response(status_code=status, headers=headers, stream=body, extensions=extensions)
+            wire = http11.request_bytes(method, url.raw_path, request.headers.raw, request.read())
+            head, body = self.pool.exchange(key, wire, method, request)
+        except httpx.RequestError as exc:
+            exc.request = request
+            raise
+        return httpx.Response(
+            status_code=head.status,
+            headers=head.headers,
+            stream=body,
+            extensions={"http_version": b"HTTP/1.0" if head.http10 else b"HTTP/1.1", "reason_phrase": head.reason},
+        )
 
     def close(self) -> None:
         self.pool.close()
@@ -202,9 +122,7 @@ class Pool:
     - at most ``max_keepalive`` connections stay idle; one beyond that closes when its
       response does, and the oldest idle ones are closed once their keep-alive has run out;
     - at most ``max_connections`` are open; a call beyond that waits up to the request's
-      ``pool`` timeout, then fails with ``httpcore.PoolTimeout``.
-
-    ``UpstreamTransport`` serves httpx's requests through it and maps httpcore's errors.
+      ``pool`` timeout, then fails with ``httpx.PoolTimeout``.
     """
 
     def __init__(
@@ -215,47 +133,43 @@ class Pool:
         self._keepalive_expiry = keepalive_expiry
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
-        # Keyed by (scheme, host, port): httpcore's Origin is not hashable.
-        self._idle: dict[tuple[bytes, bytes, int], collections.deque[tuple[float, httpcore.HTTPConnection]]] = {}
+        self._idle: dict[Key, collections.deque[tuple[float, http11.Connection]]] = {}
         self._idle_count = 0
-        self._backend = _CorkedBackend()
 
     @property
     def idle_count(self) -> int:
         return self._idle_count
 
-    def handle_request(
-        self, request: httpcore.Request, origin_request: httpx.Request
-    ) -> tuple[int, list[tuple[bytes, bytes]], _Body, MutableMapping[str, Any]]:
-        """Send ``request``: its status, headers, body (handing the connection back when
-        closed) and extensions. ``origin_request`` is what the body's errors name."""
-        if request.url.scheme not in (b"http", b"https"):
-            raise httpcore.UnsupportedProtocol(f"Request URL has an unsupported protocol '{request.url.scheme!r}'.")
-        timeouts = request.extensions.get("timeout", {})
+    def exchange(self, key: Key, wire: bytes, method: bytes, request: httpx.Request) -> tuple[http11.Head, _Body]:
+        """Send ``wire`` (a whole request) on a pooled connection: the response's head, and
+        its body, which hands the connection back when closed."""
+        timeouts: MutableMapping[str, Any] = request.extensions.get("timeout", {})
         if not self._slots.acquire(timeout=timeouts.get("pool")):
-            raise httpcore.PoolTimeout("No upstream connection became free in time.")
+            raise httpx.PoolTimeout("No upstream connection became free in time.")
         connection = None
         try:
-            connection = self._checkout(request.url.origin)
-            response = connection.handle_request(request)
+            connection = self._checkout(key, timeouts)
+            failed = connection.send(wire, timeouts)
+            try:
+                head = connection.response_head(timeouts, method)
+            except httpx.RequestError:
+                if failed is not None:  # it stopped reading and said nothing: the send failed
+                    raise httpx.WriteError(str(failed)) from failed
+                raise
+            if failed is not None:
+                head.keep_alive = False  # it answered without reading the whole request
         except BaseException:
             if connection is not None:
                 connection.close()
             self._slots.release()
             raise
-        assert isinstance(response.stream, Iterable)  # the sync connection's body
-        chunked = any(
-            name.lower() == b"transfer-encoding" and value.lower().endswith(b"chunked")
-            for name, value in response.headers
-        )
-        body = _Body(response.stream, self, request, connection, origin_request, chunked=chunked)
-        return response.status, response.headers, body, response.extensions
+        return head, _Body(connection, head, self, key, request)
 
-    def _checkout(self, origin: httpcore.Origin) -> httpcore.HTTPConnection:
+    def _checkout(self, key: Key, timeouts: MutableMapping[str, Any]) -> http11.Connection:
         while True:
             connection = None
             with self._lock:
-                stack = self._idle.get(_key(origin))
+                stack = self._idle.get(key)
                 stale = self._expire(stack) if stack else []
                 if stack:
                     _, connection = stack.pop()
@@ -264,23 +178,18 @@ class Pool:
                 old.close()
             if connection is None:
                 break
-            if connection.is_idle() and not connection.has_expired():
+            if connection.usable():
                 return connection
             connection.close()
-        return httpcore.HTTPConnection(
-            origin=origin,
-            ssl_context=self._ssl_context,
-            keepalive_expiry=self._keepalive_expiry,
-            network_backend=self._backend,  # type: ignore[arg-type]  # duck-typed NetworkBackend
-        )
+        return http11.Connection.open(key[0], key[1], key[2], self._ssl_context, timeouts)
 
-    def _checkin(self, origin: httpcore.Origin, connection: httpcore.HTTPConnection) -> None:
+    def _checkin(self, key: Key, connection: http11.Connection) -> None:
         """Back from a finished response: kept idle if reusable and there is room."""
         self._slots.release()
         with self._lock:
-            stack = self._idle.setdefault(_key(origin), collections.deque())
+            stack = self._idle.setdefault(key, collections.deque())
             stale = self._expire(stack)
-            keep = connection.is_idle() and self._idle_count < self._max_keepalive
+            keep = connection.reusable and not connection.closed and self._idle_count < self._max_keepalive
             if keep:
                 stack.append((time.monotonic(), connection))
                 self._idle_count += 1
@@ -289,7 +198,7 @@ class Pool:
         for old in stale:
             old.close()
 
-    def _expire(self, stack: collections.deque[tuple[float, httpcore.HTTPConnection]]) -> list[httpcore.HTTPConnection]:
+    def _expire(self, stack: collections.deque[tuple[float, http11.Connection]]) -> list[http11.Connection]:
         """Under the lock: the idle connections past their keep-alive, taken off the bottom
         of ``stack``, where the oldest sit."""
         cutoff = time.monotonic() - self._keepalive_expiry
@@ -308,76 +217,9 @@ class Pool:
             connection.close()
 
 
-class _CorkedStream:
-    """Writes wait for the next read, so a request's headers and body leave in one send
-    rather than two (h11 writes them apart): a syscall less per call on both ends.
-
-    httpcore's ``NetworkStream`` interface, by duck typing: subclassing it would make this
-    module fail to import if a release moved the class."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self._pending: list[bytes] = []
-        self._timeout: float | None = None
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if buffer:
-            self._pending.append(buffer)
-            self._timeout = timeout
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        # As httpcore does: the server may have answered (a 413, say) and hung up.
-        with contextlib.suppress(httpcore.WriteError):
-            self._flush()
-        return self._inner.read(max_bytes, timeout)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending = []
-            self._inner.write(data, self._timeout)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> _CorkedStream:
-        self._flush()
-        return _CorkedStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _CorkedBackend:
-    """httpcore's ``SyncBackend``, its TCP streams corked; a wrapper, not a subclass, for
-    the same reason as ``_CorkedStream``."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> _CorkedStream:
-        return _CorkedStream(self._inner.connect_tcp(*args, **kwargs))
-
-    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
-        return self._inner.connect_unix_socket(*args, **kwargs)
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-def _key(origin: httpcore.Origin) -> tuple[bytes, bytes, int]:
-    return origin.scheme, origin.host, origin.port
-
-
 class _Body(httpx.SyncByteStream):
-    """A response body that hands its connection back to the pool when closed, and raises
-    httpx's errors (as ``httpx.HTTPTransport``'s body does) for httpcore's.
-
-    A chunked body (a stream) is read by ``proxy.chunked`` when httpcore's connection is as
-    expected: the HTTP/1.1 connection, its h11 state at the start of the body, holding
-    whole chunks only. Otherwise, or if a release changed those parts, httpcore reads it.
+    """A response body that hands its connection back to the pool when closed, its errors
+    httpx's with the request attached.
 
     A caller that stops reading before the end (an SSE stream is done at ``[DONE]``, before
     the closing chunk) would cost the connection: closing then reads on for a moment, so
@@ -385,110 +227,65 @@ class _Body(httpx.SyncByteStream):
     """
 
     def __init__(
-        self,
-        stream: Iterable[bytes],
-        pool: Pool,
-        request: httpcore.Request,
-        connection: httpcore.HTTPConnection,
-        origin_request: httpx.Request,
-        *,
-        chunked: bool = False,
+        self, connection: http11.Connection, head: http11.Head, pool: Pool, key: Key, request: httpx.Request
     ) -> None:
-        self._stream = stream
-        self._origin_request = origin_request
+        self._connection: http11.Connection | None = connection
+        self._head = head
         self._pool = pool
+        self._key = key
         self._request = request
-        self._connection: httpcore.HTTPConnection | None = connection
-        self._complete = False
-        self._chunked = chunked
+        # The adapters may change its ``read`` (the idle limit of a stream): read per read.
+        self._timeouts: MutableMapping[str, Any] = request.extensions.setdefault("timeout", {})
         self._reading: Iterator[bytes] | None = None
-        self.direct = False  # read by proxy.chunked, not by h11
+        self._complete = False
 
     def __iter__(self) -> Iterator[bytes]:
-        # Not ``yield from``: a caller dropping this iterator must not close httpcore's,
-        # which would close the connection before close() can save it. The body's own
-        # iterator is kept on the instance for the same reason.
-        self._reading = self._read_directly() or iter(self._stream)
+        connection = self._connection
+        if self._reading is not None:
+            raise httpx.StreamConsumed()
+        if connection is None:
+            raise httpx.StreamClosed()
+        # Kept on the instance: close() reads on from where the caller stopped.
+        self._reading = reading = connection.body(self._head, self._timeouts)
         while True:
             try:
-                data = next(self._reading)
+                data = next(reading)
             except StopIteration:
                 self._complete = True
                 return
-            except Exception as exc:
+            except httpx.RequestError as exc:
+                exc.request = self._request
                 self.close()
-                mapped = _mapped(exc, self._origin_request)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
+                raise
             except BaseException:
                 self.close()
                 raise
             yield data
-
-    def _read_directly(self) -> Iterator[bytes] | None:
-        """The chunked body read off the socket, or None where h11 must read it."""
-        connection = getattr(self._stream, "_connection", None)
-        state = getattr(connection, "_h11_state", None)
-        network = getattr(connection, "_network_stream", None)
-        if (
-            not self._chunked
-            or not isinstance(state, h11.Connection)
-            or state.their_state is not h11.SEND_BODY
-            or not callable(getattr(network, "read", None))
-        ):
-            return None
-        leading, closed = state.trailing_data
-        if closed or not whole_chunks(leading):
-            return None
-        self.direct = True
-        return self._chunks(state, network, leading, int(getattr(connection, "READ_NUM_BYTES", 65536)))
-
-    def _chunks(self, state: h11.Connection, network: Any, leading: bytes, size: int) -> Iterator[bytes]:
-        extensions = self._request.extensions
-
-        def read() -> bytes:
-            # The read timeout is looked up per read: the stream sets it once the body
-            # starts, and _finish() shortens it.
-            return bytes(network.read(size, extensions.get("timeout", {}).get("read")))
-
-        body = ChunkedBody(read, leading)
-        yield from body
-        # h11 reads the last chunk and its trailers, after the whole chunks it still holds:
-        # the message has ended for it too, and httpcore reuses the connection.
-        assert body.tail is not None
-        state.receive_data(body.tail)
-        try:
-            while not isinstance(event := state.next_event(), h11.EndOfMessage):
-                if event is h11.NEED_DATA:
-                    raise httpcore.RemoteProtocolError("the chunked body did not end where it was read to end")
-        except h11.RemoteProtocolError as exc:
-            raise httpcore.RemoteProtocolError(str(exc)) from exc
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return
         try:
-            if not self._complete and not connection.is_closed():
-                self._finish()
-            if hasattr(self._stream, "close"):
-                self._stream.close()  # a body still not read to its end closes the connection
+            if not self._complete and not connection.closed:
+                self._finish(connection)
         finally:
-            self._pool._checkin(self._request.url.origin, connection)
+            self._pool._checkin(self._key, connection)
 
-    def _finish(self) -> None:
-        # httpcore reads the read timeout afresh for each pass over the body.
-        self._request.extensions["timeout"] = {**self._request.extensions.get("timeout", {}), "read": FINISH_SECONDS}
+    def _finish(self, connection: http11.Connection) -> None:
+        self._timeouts["read"] = FINISH_SECONDS
         left = FINISH_BYTES
+        reading = self._reading or connection.body(self._head, self._timeouts)
         try:
-            # A body read directly goes on where it stopped; h11 knows where it stands.
-            for data in self._reading if self.direct and self._reading is not None else self._stream:
+            for data in reading:
                 left -= len(data)
                 if left < 0:
-                    return
-        except Exception:  # noqa: S110  # timed out or failed: httpcore has closed the connection
+                    break
+            else:
+                return  # the body ended: the connection may be reused
+        except Exception:  # noqa: S110  # timed out or failed: the connection closed itself
             pass
+        connection.close()
 
 
 @lru_cache(maxsize=256)
@@ -500,7 +297,7 @@ def post(url: str, *, content: bytes, headers: dict[str, str], timeout: dict[str
     """POST ``content`` and return the response with its body not yet read.
 
     ``timeout`` is httpx's per-request timeout dict (connect, read, write, pool); the
-    caller may change its ``read`` later, since httpcore reads it when the body is read.
+    caller may change its ``read`` later: the body looks it up for each read.
     """
     request = httpx.Request(
         "POST",

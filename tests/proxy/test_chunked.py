@@ -1,19 +1,18 @@
-"""Streamed upstream bodies read off the socket (proxy.chunked): the same data and the
-same errors as h11, however the network splits the bytes, and the connection reused
-afterwards exactly as when h11 reads it all."""
+"""Streamed upstream bodies read off the socket (proxy.chunked, proxy.http11): the same
+data and the same errors as h11, however the network splits the bytes, and the connection
+reused afterwards only when the message ended where its framing said."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpcore
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy import upstream
-from proxy.chunked import ChunkedBody, whole_chunks
+from proxy.chunked import ChunkedBody, trailers_end
 from tests.rawhttp import RawServer
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -58,8 +57,9 @@ def test_any_split_gives_the_data_and_ends_at_the_last_chunk(
     data, tail = decode(raw + after, sizes)
 
     assert data == b"".join(pieces)
-    # h11 is handed the last chunk and its trailers, and what came in the same read
+    # the tail holds the last chunk and its trailers, and what came in the same read
     assert tail is not None and tail.startswith(last)
+    assert trailers_end(tail) == len(last), "the message ends after its trailers' empty line"
     assert after.startswith(tail[len(last) :]), "nothing is read past the end of the message"
 
 
@@ -82,24 +82,8 @@ def test_what_came_with_the_headers_is_read_first() -> None:
     ],
 )
 def test_a_malformed_or_cut_body_is_a_protocol_error(raw: bytes, error: str) -> None:
-    with pytest.raises(httpcore.RemoteProtocolError, match=error):
+    with pytest.raises(httpx.RemoteProtocolError, match=error):
         decode(raw, [7])
-
-
-@pytest.mark.parametrize(
-    ("data", "whole"),
-    [
-        (b"", True),
-        (chunk(b"a") + chunk(b"bc", b";x=y"), True),
-        (chunk(b"abc")[:-1], False),  # its CRLF not yet come
-        (chunk(b"abc")[:4], False),
-        (b"3", False),
-        (chunk(b"a") + b"0\r\n\r\n", False),  # the whole body: h11 reads it
-        (b"zz\r\n", False),
-    ],
-)
-def test_whole_chunks(data: bytes, whole: bool) -> None:
-    assert whole_chunks(data) is whole
 
 
 @pytest.fixture
@@ -110,14 +94,12 @@ def fresh_transport(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         upstream._transport.close()
 
 
-def stream(url: str) -> tuple[bytes, bool]:
-    """The body, and whether it was read directly."""
+def stream(url: str) -> bytes:
     response = upstream.post(url, content=b"{}", headers={}, timeout=dict(TIMEOUT))
     try:
-        data = b"".join(response.stream)  # type: ignore[arg-type]
+        return b"".join(response.stream)  # type: ignore[arg-type]
     finally:
         response.close()
-    return data, getattr(response.stream, "direct", None) is True
 
 
 EVENTS = [b'data: {"n": %d}\n\n' % n for n in range(5)]
@@ -141,23 +123,33 @@ EVENTS = [b'data: {"n": %d}\n\n' % n for n in range(5)]
     ],
     ids=["one-chunk-per-send", "first-chunk-with-the-headers", "cut-anywhere-with-trailers"],
 )
-def test_a_stream_read_directly_keeps_its_connection(fresh_transport: None, pieces: list[bytes]) -> None:
+def test_a_stream_read_to_its_end_keeps_its_connection(fresh_transport: None, pieces: list[bytes]) -> None:
     server = RawServer(pieces=pieces, pause=0.01)
 
     for _ in range(3):
-        assert stream(server.url) == (b"".join(EVENTS), True)
+        assert stream(server.url) == b"".join(EVENTS)
 
-    assert server.accepted == 1, "h11 saw the message end: each call reused the connection"
+    assert server.accepted == 1, "the message ended where its framing said: each call reused the connection"
 
 
-def test_headers_with_half_a_chunk_leave_the_body_to_h11(fresh_transport: None) -> None:
+def test_headers_with_half_a_chunk_are_read_on(fresh_transport: None) -> None:
     first = chunk(EVENTS[0])
     server = RawServer(pieces=[HEAD + first[:6], first[6:] + chunk(EVENTS[1]), b"0\r\n\r\n"], pause=0.01)
 
     for _ in range(2):
-        assert stream(server.url) == (EVENTS[0] + EVENTS[1], False)
+        assert stream(server.url) == EVENTS[0] + EVENTS[1]
 
     assert server.accepted == 1
+
+
+def test_bytes_after_the_end_of_a_message_cost_the_connection(fresh_transport: None) -> None:
+    # Nothing was asked for after the response: whatever follows it is not trusted.
+    server = RawServer(pieces=[HEAD + chunk(EVENTS[0]) + b"0\r\n\r\nHTTP/1.1 200 OK\r\n"], pause=0.01)
+
+    for _ in range(2):
+        assert stream(server.url) == EVENTS[0]
+
+    assert server.accepted == 2
 
 
 def test_a_malformed_stream_is_an_httpx_error_and_its_connection_is_dropped(fresh_transport: None) -> None:
@@ -168,7 +160,7 @@ def test_a_malformed_stream_is_an_httpx_error_and_its_connection_is_dropped(fres
         response.read()
     response.close()
 
-    assert upstream.pool().idle_count == 0  # type: ignore[union-attr]
+    assert upstream.pool().idle_count == 0
 
 
 def test_a_stream_cut_by_the_server_is_an_httpx_error(fresh_transport: None) -> None:
@@ -179,4 +171,4 @@ def test_a_stream_cut_by_the_server_is_an_httpx_error(fresh_transport: None) -> 
         response.read()
     response.close()
 
-    assert upstream.pool().idle_count == 0  # type: ignore[union-attr]
+    assert upstream.pool().idle_count == 0
