@@ -67,6 +67,7 @@ from billing import admission as limits
 from billing.admission import Admission
 from billing.ledger import UNREACHABLE, UsageEntry, usage_record_create
 from billing.pricing import PriceSnapshot, TokenUsage
+from config import background
 
 log = logging.getLogger(__name__)
 
@@ -235,12 +236,7 @@ def _pending(data: bytes, source: Path) -> list[Record]:
 def _fsync(fd: int) -> None:
     """fsync without stalling a gevent worker: in gevent's thread pool when gevent runs
     this process, so the other requests keep going while the disk catches up."""
-    try:
-        from gevent import monkey
-    except ImportError:  # the app runs without gevent too (tests, manage.py)
-        os.fsync(fd)
-        return
-    if not monkey.is_module_patched("threading"):
+    if not background.gevent_patched():  # the app runs without gevent too (tests, manage.py)
         os.fsync(fd)
         return
     import gevent

@@ -15,9 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-def start(target: Callable[..., Any], *args: Any, name: str) -> None:
+def gevent_patched() -> bool:
+    """Whether gevent's monkey-patching runs this process (a gunicorn gevent worker)."""
     monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
+
+
+def start(target: Callable[..., Any], *args: Any, name: str) -> None:
+    if gevent_patched():
         import gevent
 
         gevent.spawn(target, *args).name = name

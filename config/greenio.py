@@ -30,6 +30,7 @@ library keeps its own (slower, correct) behaviour. Nothing here can stop a worke
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import select
@@ -63,8 +64,7 @@ def install() -> tuple[str, ...]:
         return ()
     if not monkey.is_module_patched("select"):
         return ()
-    real_poll = monkey.get_original("select", "poll")
-    patches: dict[str, Callable[[Callable[[], Any]], None]] = {
+    patches: dict[str, Callable[[], None]] = {
         "redis": _patch_redis,
         "psycopg": _patch_psycopg,
         "sendall": _patch_sendall,
@@ -72,7 +72,7 @@ def install() -> tuple[str, ...]:
     applied = []
     for name, patch in patches.items():
         try:
-            patch(real_poll)
+            patch()
         except Exception as exc:  # a changed library, or a patch gone wrong: never fatal
             log.warning(
                 "greenio: %s patch skipped, keeping %s's own behaviour (slower, correct): %s. "
@@ -100,13 +100,32 @@ def _expect(module: ModuleType | type, name: str, params: tuple[str, ...]) -> Ca
     return found
 
 
-def _ready(real_poll: Callable[[], Any], fd: Any) -> bool:
-    poller = real_poll()
-    poller.register(fd, select.POLLIN)
+@functools.cache
+def real_poll() -> Callable[[], Any]:
+    """``select.poll`` as the OS gives it: a zero-timeout poll never blocks, and gevent's
+    emulation builds watchers on every call."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return select.poll
+    if monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")
+    return select.poll
+
+
+def readable_now(sock: Any) -> bool:
+    """Whether ``sock`` has something to read (bytes, an end or an error) right now,
+    without waiting or switching greenlets. A TLS socket may hold decrypted bytes the OS
+    no longer shows."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    poller = real_poll()()
+    poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
 
 
-def _patch_sendall(real_poll: Callable[[], Any]) -> None:
+def _patch_sendall() -> None:
     from gevent import _socket3
 
     cls = _socket3.socket
@@ -131,7 +150,7 @@ def _patch_sendall(real_poll: Callable[[], Any]) -> None:
     cls.sendall = sendall
 
 
-def _patch_redis(real_poll: Callable[[], Any]) -> None:
+def _patch_redis() -> None:
     import redis._parsers.hiredis as redis_hiredis
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -149,7 +168,7 @@ def _patch_redis(real_poll: Callable[[], Any]) -> None:
             return read_from_socket(self, *args, **kwargs)
         except RedisTimeoutError:
             sock = self._sock
-            if sock is None or not _ready(real_poll, sock):
+            if sock is None or not readable_now(sock):
                 raise
             LATE_WAKEUPS.inc()
             return read_from_socket(self, *args, **kwargs)
@@ -159,14 +178,12 @@ def _patch_redis(real_poll: Callable[[], Any]) -> None:
     def socket_can_read(sock: Any, timeout: float) -> bool:
         if timeout != 0:
             return bool(green_can_read(sock, timeout))
-        if hasattr(sock, "pending") and sock.pending():  # TLS bytes already decrypted
-            return True
-        return _ready(real_poll, sock)
+        return readable_now(sock)
 
     redis_hiredis._socket_can_read = socket_can_read
 
 
-def _patch_psycopg(real_poll: Callable[[], Any]) -> None:
+def _patch_psycopg() -> None:
     import psycopg.errors
     import psycopg.waiting
 
@@ -176,10 +193,10 @@ def _patch_psycopg(real_poll: Callable[[], Any]) -> None:
             raise ShapeChanged(f"psycopg.waiting.{name} is missing")
     if not isinstance(getattr(psycopg.errors, "_WaitTimeout", None), type):
         raise ShapeChanged("psycopg.errors._WaitTimeout is missing")
-    psycopg.waiting.wait = psycopg_wait(real_poll)
+    psycopg.waiting.wait = psycopg_wait()
 
 
-def psycopg_wait(real_poll: Callable[[], Any]) -> Callable[..., Any]:
+def psycopg_wait() -> Callable[..., Any]:
     """``psycopg.waiting.wait`` for gevent: poll(0) first, else park on an io watcher.
 
     The contract is ``wait_poll``'s: ``gen`` yields what it waits for (read, write or
@@ -191,11 +208,13 @@ def psycopg_wait(real_poll: Callable[[], Any]) -> Callable[..., Any]:
     from psycopg import errors
     from psycopg.waiting import READY_NONE, READY_R, READY_W, WAIT_R, WAIT_W
 
+    poll = real_poll()
+
     class Idle(Exception):
         pass
 
     def ready_now(fileno: int, wanted: int) -> int:
-        poller = real_poll()
+        poller = poll()
         poller.register(fileno, (select.POLLIN if wanted & WAIT_R else 0) | (select.POLLOUT if wanted & WAIT_W else 0))
         ready = int(READY_NONE)
         for _, events in poller.poll(0):

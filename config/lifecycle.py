@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+from config import background
 from config.errors import ErrorCode, error_body
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,7 @@ def _call_later(seconds: float, function: Callable[..., Any], *args: Any) -> Non
     """Run ``function`` after ``seconds`` without blocking the signal handler. gevent runs
     Python signal handlers inside its event loop, where starting a thread (even a patched
     one) would block; a greenlet timer does not."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a runtime requirement
-        monkey = None
-    if monkey is not None and monkey.is_module_patched("threading"):
+    if background.gevent_patched():
         import gevent
 
         gevent.spawn_later(seconds, function, *args)

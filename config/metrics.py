@@ -19,7 +19,6 @@ import atexit
 import bisect
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,8 +39,7 @@ def batching() -> bool:
     between reading and writing a pending number."""
     global _batching
     if _batching is None:
-        monkey = sys.modules.get("gevent.monkey")
-        _batching = bool(monkey is not None and monkey.is_module_patched("threading"))
+        _batching = background.gevent_patched()
     return _batching
 
 

@@ -34,12 +34,14 @@ def _size(line: bytes) -> int:
 class ChunkedBody:
     """The data of a chunked body, as it arrives. ``read()`` returns the socket's next
     bytes (b"" when the peer closed). Once iterated to its end, ``tail`` holds the raw
-    last chunk, its trailers and anything read after them."""
+    last chunk and its trailers, and ``rest`` whatever was read after them (the start of
+    a response the server should not have sent)."""
 
     def __init__(self, read: Callable[[], bytes], leading: bytes = b"") -> None:
         self._read = read
         self._leading = leading
         self.tail: bytes | None = None
+        self.rest = b""
 
     def __iter__(self) -> Iterator[bytes]:
         read = self._read
@@ -55,11 +57,11 @@ class ChunkedBody:
             size = _size(buf[pos:eol])
             if size == 0:  # the last chunk: its trailers, up to the empty line
                 buf, trailers = buf[pos:], eol + 2 - pos
-                while not _trailers_read(buf, trailers):
+                while (end := _trailers_end(buf, trailers)) < 0:
                     if len(buf) > MAX_LINE:
                         raise _bad("trailers too long")
                     buf += _more(read)
-                self.tail = buf
+                self.tail, self.rest = buf[:end], buf[end:]
                 return
             pos = eol + 2
             while size:  # the chunk's data, yielded as it comes
@@ -85,15 +87,10 @@ def _more(read: Callable[[], bytes]) -> bytes:
     return data
 
 
-def trailers_end(tail: bytes) -> int:
-    """Where a ``tail`` (the last chunk and its trailers, and whatever came after them) ends
-    its message: just past the trailer section's empty line."""
-    start = tail.index(b"\r\n") + 2
-    if tail[start : start + 2] == b"\r\n":
+def _trailers_end(buf: bytes, start: int) -> int:
+    """Just past the empty line that ends the trailer section beginning at ``start``;
+    -1 while it has not all come."""
+    if buf[start : start + 2] == b"\r\n":
         return start + 2
-    return tail.index(b"\r\n\r\n", start) + 4
-
-
-def _trailers_read(buf: bytes, start: int) -> bool:
-    """Whether the trailer section that begins at ``start`` has ended (its empty line)."""
-    return buf[start : start + 2] == b"\r\n" or buf.find(b"\r\n\r\n", start) >= 0
+    end = buf.find(b"\r\n\r\n", start)
+    return end + 4 if end >= 0 else -1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import select
 import socket
 import ssl
 from collections.abc import Iterator, MutableMapping
@@ -25,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from proxy.chunked import ChunkedBody, trailers_end
+from config import greenio
+from proxy.chunked import ChunkedBody
 
 MAX_HEAD = 64 * 1024  # a response's status line and headers (h11 allows 16 KiB per event)
 READ_SIZE = 65536
@@ -35,22 +35,6 @@ _NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _NO_BODY = (204, 304)
 
 Timeouts = MutableMapping[str, Any]
-
-
-def _poll() -> Any:
-    """The real ``select.poll``: a zero-timeout poll never blocks, and gevent's emulation
-    builds watchers on every call (config/greenio.py)."""
-    try:
-        from gevent import monkey
-
-        if monkey.is_module_patched("select"):
-            return monkey.get_original("select", "poll")
-    except ImportError:
-        pass
-    return select.poll
-
-
-_real_poll = _poll()
 
 
 def _bad(what: str) -> httpx.RemoteProtocolError:
@@ -93,13 +77,8 @@ class Connection:
         server that closed it (or sent anything unasked) has made it readable."""
         if self.closed or not self.reusable or self.buffer:
             return False
-        pending = getattr(self.sock, "pending", None)
-        if pending is not None and pending():
-            return False
         try:
-            poller = _real_poll()
-            poller.register(self.sock.fileno(), select.POLLIN)
-            return not poller.poll(0)
+            return not greenio.readable_now(self.sock)
         except (OSError, ValueError):
             return False
 
@@ -216,8 +195,7 @@ class Connection:
         except httpx.RemoteProtocolError:
             self.close()
             raise
-        assert body.tail is not None
-        self.buffer = body.tail[trailers_end(body.tail) :]
+        self.buffer = body.rest
 
     def _until_close(self, timeouts: Timeouts) -> Iterator[bytes]:
         if self.buffer:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy import upstream
-from proxy.chunked import ChunkedBody, trailers_end
+from proxy.chunked import ChunkedBody
 from tests.rawhttp import RawServer
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -36,10 +36,10 @@ def reads(raw: bytes, sizes: list[int]) -> Iterator[bytes]:
         yield b""
 
 
-def decode(raw: bytes, sizes: list[int], leading: bytes = b"") -> tuple[bytes, bytes | None]:
+def decode(raw: bytes, sizes: list[int], leading: bytes = b"") -> tuple[bytes, ChunkedBody]:
     source = reads(raw, sizes)
     body = ChunkedBody(lambda: next(source), leading)
-    return b"".join(body), body.tail
+    return b"".join(body), body
 
 
 @given(
@@ -54,18 +54,17 @@ def test_any_split_gives_the_data_and_ends_at_the_last_chunk(
     last = b"0;done\r\n" + trailers + b"\r\n"
     raw = b"".join(chunk(piece, b";n=1" if i % 2 else b"") for i, piece in enumerate(pieces)) + last
 
-    data, tail = decode(raw + after, sizes)
+    data, body = decode(raw + after, sizes)
 
     assert data == b"".join(pieces)
-    # the tail holds the last chunk and its trailers, and what came in the same read
-    assert tail is not None and tail.startswith(last)
-    assert trailers_end(tail) == len(last), "the message ends after its trailers' empty line"
-    assert after.startswith(tail[len(last) :]), "nothing is read past the end of the message"
+    assert body.tail == last, "the message ends after its trailers' empty line"
+    # what came in the same read as the end is kept for the connection, not lost
+    assert after.startswith(body.rest), "nothing is read past the end of the message"
 
 
 def test_what_came_with_the_headers_is_read_first() -> None:
-    data, tail = decode(chunk(b" two") + b"0\r\n\r\n", [3], leading=chunk(b"one"))
-    assert (data, tail) == (b"one two", b"0\r\n\r\n")
+    data, body = decode(chunk(b" two") + b"0\r\n\r\n", [3], leading=chunk(b"one"))
+    assert (data, body.tail, body.rest) == (b"one two", b"0\r\n\r\n", b"")
 
 
 @pytest.mark.parametrize(
