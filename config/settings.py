@@ -395,6 +395,9 @@ TOLLWAY: dict[str, Any] = {
     "UPSTREAM_FIRST_BYTE_TIMEOUT": env.float("TOLLWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", 120.0),
     "UPSTREAM_IDLE_TIMEOUT": env.float("TOLLWAY_UPSTREAM_IDLE_TIMEOUT", 60.0),
     "UPSTREAM_TOTAL_TIMEOUT": env.float("TOLLWAY_UPSTREAM_TOTAL_TIMEOUT", 600.0),
+    # The largest upstream answer, or one event of a stream, a worker reads into memory
+    # (decoded); past it the call fails with upstream_bad_response.
+    "UPSTREAM_MAX_RESPONSE_BYTES": env.int("TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024 * 1024),
     # After a streaming client disconnects, how long to keep reading the upstream for its
     # usage report, so the call is billed from the provider's count, not an estimate.
     "DISCONNECT_DRAIN_SECONDS": env.float("TOLLWAY_DISCONNECT_DRAIN_SECONDS", 30.0),

@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 
 import httpx
 import orjson
+from django.conf import settings
 
 from billing.pricing import TokenUsage
 from config.errors import ErrorCode, InvalidRequest, RateLimited, TollwayError, UpstreamError
@@ -117,20 +118,31 @@ def usage_from_openai(usage: Any) -> TokenUsage | None:
     return usage_with_details(prompt, completion, usage.get("prompt_tokens_details"))
 
 
-def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
+def sse_data(chunks: Iterable[bytes], limit: int | None = None) -> Iterator[str]:
     """The ``data:`` payloads of a server-sent event stream, one per event, from the body's
     bytes as they arrive."""
-    for payload in sse_payloads(chunks):
+    for payload in sse_payloads(chunks, limit):
         yield payload.decode("utf-8", "replace")
 
 
-def sse_payloads(chunks: Iterable[bytes]) -> Iterator[bytes]:
+class EventTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a stream event over {limit} bytes")
+
+
+def sse_payloads(chunks: Iterable[bytes], limit: int | None = None) -> Iterator[bytes]:
     """:func:`sse_data`'s payloads as the provider's own bytes.
 
     Lines end in LF, CRLF or CR (as the SSE spec allows), however the network split them;
     the end of the stream ends the last line and event. One loop, not a generator of lines
-    under a generator of events: every relayed chunk passes here."""
+    under a generator of events: every relayed chunk passes here.
+
+    A line or an event longer than ``limit`` bytes (by default
+    ``TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES``) is an :class:`EventTooLarge`: the stream is
+    input, and an unended line would otherwise grow without bound."""
+    limit = max_response_bytes() if limit is None else limit
     data: list[bytes] = []
+    size = 0  # of the event's data lines so far
     pending = b""
     for chunk in chunks:
         pending += chunk
@@ -145,9 +157,14 @@ def sse_payloads(chunks: Iterable[bytes]) -> Iterator[bytes]:
             if not line:
                 if data:
                     yield data[0] if len(data) == 1 else b"\n".join(data)
-                    data = []
+                    data, size = [], 0
             elif line.startswith(b"data:"):
                 data.append(line[5:].lstrip(b" "))
+                size += len(line)
+                if size > limit:
+                    raise EventTooLarge(limit)
+        if len(pending) > limit:  # a line that has not ended, after the events before it
+            raise EventTooLarge(limit)
     if pending:
         line = pending.rstrip(b"\r")
         if line.startswith(b"data:"):
@@ -324,7 +341,7 @@ def post(target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
         raise transport_error(target, exc, "before answering") from None
     if response.status_code != 200:
         try:
-            content = response.read()
+            content, _ = read_within(response, ERROR_BODY_BYTES)  # only its message is used
         except httpx.HTTPError:
             content = b""
         finally:
@@ -332,12 +349,63 @@ def post(target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
         raise error_for_status(target, response.status_code, content, response.headers)
     if not stream:
         try:
-            response.read()
+            return read_whole(target, response)
         except httpx.HTTPError as exc:
             raise transport_error(target, exc, "while answering") from None
         finally:
             response.close()
     return response
+
+
+ERROR_BODY_BYTES = 64 * 1024
+
+
+def max_response_bytes() -> int:
+    return int(settings.TOLLWAY["UPSTREAM_MAX_RESPONSE_BYTES"])
+
+
+def too_large(target: Target, what: str) -> UpstreamError:
+    limit = max_response_bytes()
+    log.warning("upstream %s sent %s over TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES (%d)", target.provider_name, what, limit)
+    return UpstreamError(
+        f"The upstream provider sent {what} larger than this gateway accepts ({limit} bytes).",
+        code=ErrorCode.UPSTREAM_BAD_RESPONSE,
+    )
+
+
+def _plain(response: httpx.Response) -> bool:
+    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+
+def read_within(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The body as decoded, at most ``limit`` bytes of it; whether there was more."""
+    parts, size = [], 0
+    for part in response.iter_bytes():
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            return b"".join(parts)[:limit], True
+    return b"".join(parts), False
+
+
+def read_whole(target: Target, response: httpx.Response) -> httpx.Response:
+    """The response with its whole body read, or ``too_large`` past the bound: an
+    upstream is input too, and a worker holds the body (and its parse) in memory."""
+    limit = max_response_bytes()
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and _plain(response):  # nearly every answer: its size is known first
+        if int(length) > limit:
+            raise too_large(target, "an answer")
+        response.read()
+        return response
+    content, over = read_within(response, limit)  # chunked, read to the close, or compressed
+    if over:
+        raise too_large(target, "an answer")
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in _FRAMING]
+    return httpx.Response(response.status_code, headers=headers, content=content, request=response.request)
+
+
+_FRAMING = frozenset(("content-encoding", "content-length", "transfer-encoding"))
 
 
 def json_of(target: Target, response: httpx.Response) -> dict[str, Any]:
@@ -388,11 +456,13 @@ class UpstreamStream:
                 yield payload
         except httpx.HTTPError as exc:
             raise transport_error(self.target, exc, "mid-stream") from None
+        except EventTooLarge:
+            raise too_large(self.target, "a stream event") from None
 
     def _body(self) -> Iterable[bytes]:
         """The body's bytes. Unless it is compressed, straight from the transport: httpx's
         decode-to-text-then-lines layers cost more than the relay itself per chunk."""
-        if self.response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
+        if _plain(self.response):
             return cast("Iterable[bytes]", self.response.stream)
         return self.response.iter_bytes()
 

@@ -18,23 +18,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 from django.http import HttpResponseBase
 
 from billing.pricing import TokenUsage
 from config.errors import ErrorCode, UpstreamError
-from proxy import adapters, attempts, meter, upstream
+from proxy import adapters, attempts, meter
 from proxy.adapters.base import (
     ChunkStream,
     UpstreamStream,
     bad_response,
     cut_short,
-    error_for_status,
     json_of,
     load_event,
     post,
     secret,
-    transport_error,
     usage_from_openai,
 )
 from proxy.messages import relay
@@ -189,28 +186,8 @@ def _streamed(call: meter.Call, source: NativeStream | TranslatedStream) -> Http
 def count_tokens(target: Target, chat: MessagesRequest) -> int:
     """The provider's own count of an Anthropic deployment's prompt (not billed)."""
     body = {k: v for k, v in _native_body(chat, target).items() if k not in ("max_tokens", "stream")}
-    limits = target.limits
-    try:
-        response = upstream.post(
-            _url(target, "/messages/count_tokens"),
-            content=orjson.dumps(body),
-            headers={"Content-Type": "application/json", **_headers(target, chat)},
-            timeout={
-                "connect": limits.connect,
-                "read": limits.first_byte,
-                "write": limits.connect,
-                "pool": limits.connect,
-            },
-        )
-    except httpx.HTTPError as exc:
-        raise transport_error(target, exc, "before answering") from None
-    try:
-        content = response.read()
-    finally:
-        response.close()
-    if response.status_code != 200:
-        raise error_for_status(target, response.status_code, content, response.headers)
+    response = post(target, _url(target, "/messages/count_tokens"), body, _headers(target, chat), stream=False)
     count = json_of(target, response).get("input_tokens")
     if not isinstance(count, int):
-        raise bad_response(target, content)
+        raise bad_response(target, response.content)
     return count
