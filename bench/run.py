@@ -603,10 +603,47 @@ def p1(stack: Stack, token: str, seconds: int, runs: int, peer: Peer | None) -> 
     return out
 
 
-def p3(stack: Stack, token: str, instant_port: int, seconds: int, runs: int, peer: Peer | None) -> dict[str, Any]:
+STALL_MS = 20.0
+
+
+def commit_probe(database_url: str, seconds: float) -> dict[str, Any]:
+    """One-row INSERTs committed one after another, on the stack's Postgres: what a commit
+    (a WAL flush to this machine's disk) costs here. Every call Tollway answers waits for
+    its ledger row's commit, so a disk that stalls its flushes stalls those calls; wrk
+    corrects its percentiles for coordinated omission, so each stall counts as the calls
+    it held up, and a few per second set P3's p99."""
+    import psycopg
+
+    took: list[float] = []
+    with psycopg.connect(database_url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, at timestamptz)")
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                conn.execute("INSERT INTO bench_commit_probe (at) VALUES (now())")
+                took.append(1000 * (time.perf_counter() - started))
+        finally:
+            conn.execute("DROP TABLE bench_commit_probe")
+    stalls = [ms for ms in took if ms > STALL_MS]
+    took.sort()
+    return {
+        "commits": len(took),
+        "p50_ms": took[len(took) // 2],
+        "p99_ms": took[int(len(took) * 0.99)],
+        "max_ms": took[-1],
+        "stalls_per_s": len(stalls) / seconds,
+        "stalled_share": sum(stalls) / 1000 / seconds,
+    }
+
+
+def p3(
+    stack: Stack, token: str, instant_port: int, seconds: int, runs: int, peer: Peer | None, database_url: str
+) -> dict[str, Any]:
     """One connection, ``runs`` rounds alternating Tollway and the peer. The added latency
-    is taken within each round (Tollway minus the direct call just before it)."""
-    rows: dict[str, list[dict[str, Any]]] = {"direct": [], "app_only": [], "through_nginx_tls": []}
+    is taken within each round (Tollway minus the direct call just before it). Each round
+    also probes what a Postgres commit costs on this machine just then (:func:`commit_probe`)."""
+    rows: dict[str, list[dict[str, Any]]] = {"direct": [], "app_only": [], "through_nginx_tls": [], "commit": []}
     if peer is not None:
         rows["litellm_c1"] = []
     added: list[dict[str, float]] = []
@@ -617,6 +654,7 @@ def p3(stack: Stack, token: str, instant_port: int, seconds: int, runs: int, pee
         direct = sample([], f"http://127.0.0.1:{instant_port}/v1/chat/completions", token=None, **one)
         app = sample(pids, f"http://127.0.0.1:{stack.web_ports[0]}/v1/chat/completions", token=token, **one)
         full = sample(pids, f"{stack.base}/v1/chat/completions", token=token, **one)
+        rows["commit"].append(commit_probe(database_url, max(seconds // 3, 2)))
         rows["direct"].append(direct)
         rows["app_only"].append(app)
         rows["through_nginx_tls"].append(full)
@@ -948,6 +986,18 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
                     "",
                 )
             )
+        if p.get("commit"):
+            rows.append(
+                (
+                    "Postgres commit (this disk)",
+                    "",
+                    f"p50 {spread(p['commit'], 'p50_ms', '.2f')} / p99 {spread(p['commit'], 'p99_ms', '.2f')}"
+                    f" / max {spread(p['commit'], 'max_ms', '.0f')}",
+                    "",
+                    f"stalls over {STALL_MS:.0f} ms: {spread(p['commit'], 'stalls_per_s', '.1f')}/s,"
+                    f" {spread(p['commit'], 'stalled_share', '.1%')} of the time",
+                )
+            )
         if p.get("litellm_c1"):
             rows.append(
                 (
@@ -1046,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         print("P1 throughput ...", flush=True)
         report.scenarios["p1"] = p1(stack, token, seconds, args.runs, peer)
         print("P3 overhead ...", flush=True)
-        report.scenarios["p3"] = p3(stack, token, instant_port, seconds, args.runs, peer)
+        report.scenarios["p3"] = p3(stack, token, instant_port, seconds, args.runs, peer, database_url)
         print("P2 concurrency ...", flush=True)
         report.scenarios["p2"] = p2(
             stack,

@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any
 
+import pytest
+from django.db import connection
+
 from bench import run as bench
 
 
@@ -91,3 +94,22 @@ def test_a_peer_that_completes_no_stream_is_said_so() -> None:
     p2 = {"tollway": stream_row(0), "litellm": stream_row(0)}
     verdict = bench.verdicts(report(p2=p2))["P2"]
     assert verdict.startswith("short") and "LiteLLM completed no stream" in verdict
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_commit_probe_times_real_commits_and_the_table_shows_what_they_cost() -> None:
+    settings = connection.settings_dict
+    url = (
+        f"postgresql://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST'] or '127.0.0.1'}:"
+        f"{settings['PORT'] or 5432}/{settings['NAME']}"
+    )
+    probe = bench.commit_probe(url, 0.5)
+    assert probe["commits"] > 10
+    assert 0 < probe["p50_ms"] <= probe["p99_ms"] <= probe["max_ms"]
+    assert "bench_commit_probe" not in connection.introspection.table_names(), "the probe cleans up"
+    rows = bench.table_rows(
+        report(p3={"added": [], "direct": [], "app_only": [], "through_nginx_tls": [], "commit": [probe]})
+    )
+    commit = next(row for row in rows if row[0].startswith("Postgres commit"))
+    assert f"p50 {probe['p50_ms']:.2f}" in commit[2]
+    assert "stalls over 20 ms" in commit[4]
