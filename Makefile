@@ -6,7 +6,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench bench-p4 help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
+.PHONY: bench bench-p4 bench-compare bench-tools help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
 
 help:
 	@echo "make run        build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast  the unit lane only (no servers, browsers or nginx): the inner loop"
 	@echo "make docs       build the manual (docs/, MkDocs) into var/site; make docs-serve serves it on :8001"
 	@echo "make bench      the benchmark (bench/run.py); P4=1 adds the 10,000,000-row ledger, make bench-p4 runs it alone"
+	@echo "make bench-compare A=HEAD~1 B=HEAD   two versions measured in one sitting (bench/compare.py); P2=1 adds the streams"
 	@echo "make stack      nginx (TLS) in front of 2 gunicorn replicas (REPLICAS=N for more),"
 	@echo "                Celery worker and beat, on loopback: https://127.0.0.1:8443"
 	@echo "                (http :8080 redirects); make stack-status, make stack-down"
@@ -116,12 +117,19 @@ clean:
 # REDIS_HA=1 to add the cost per call of Redis Sentinel and Cluster against one Redis
 # (bench/redis_ha.py); `make bench-p4` runs P4 alone, without the stack. It installs wrk, nginx and nginx's echo
 # module (the slow streaming upstream) if missing.
-bench: $(STAMP) services
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
-	@test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || (apt-get update -qq && apt-get install -y -qq libnginx-mod-http-echo) || true
+bench: $(STAMP) services bench-tools
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(PEER),--peer $(PEER)) $(if $(P4),--p4) $(if $(RUNS),--runs $(RUNS))
 	$(if $(REDIS_HA),$(BIN)/python bench/redis_ha.py)
 
 bench-p4: $(STAMP) services
 	$(BIN)/python bench/run.py --only-p4 $(if $(QUICK),--quick)
+
+# Versions measured in one sitting (bench/compare.py): A and B are git revisions or tree
+# directories (. is the working tree), RUNS=N rounds (default 3), P2=1 adds 2,000 streams.
+bench-compare: $(STAMP) services bench-tools
+	$(BIN)/python bench/compare.py $(A) $(B) $(if $(RUNS),--rounds $(RUNS)) $(if $(P2),--p2)
+
+bench-tools:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx)
+	@test -f /usr/lib/nginx/modules/ngx_http_echo_module.so || (apt-get update -qq && apt-get install -y -qq libnginx-mod-http-echo) || true
