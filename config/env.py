@@ -119,6 +119,14 @@ class Env:
                 return option
         raise SettingError(f"{name}={raw!r} is not one of: {', '.join(options)}.")
 
+    def file(self, name: builtins.str) -> builtins.str:
+        """The path of a file that must exist, or "" when unset: a mistyped path stops the
+        process at start, not at the first call that needs the file."""
+        value = self.str(name)
+        if value and not os.path.isfile(value):
+            raise SettingError(f"{name}={value!r} is not a readable file.")
+        return value
+
     def secret(self, name: builtins.str, *, debug: builtins.bool, dev_default: builtins.str) -> builtins.str:
         """A secret: required when DEBUG is off, ``dev_default`` only in DEBUG."""
         value = self.str(name)

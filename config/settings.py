@@ -401,6 +401,9 @@ TOLLWAY: dict[str, Any] = {
     # After a streaming client disconnects, how long to keep reading the upstream for its
     # usage report, so the call is billed from the provider's count, not an estimate.
     "DISCONNECT_DRAIN_SECONDS": env.float("TOLLWAY_DISCONNECT_DRAIN_SECONDS", 30.0),
+    # A PEM bundle of CAs trusted for https upstreams beside the public ones (an internal
+    # vLLM behind a private CA). Unset: the public CAs only; the system's are never read.
+    "UPSTREAM_CA_BUNDLE": env.file("TOLLWAY_UPSTREAM_CA_BUNDLE"),
     "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
     "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 1000),
     # Peers whose X-Forwarded-For is believed (nginx). Anyone else's is ignored.

@@ -58,9 +58,12 @@ def transport() -> UpstreamTransport:
 
 def _new_transport() -> UpstreamTransport:
     conf = settings.TOLLWAY
+    context = httpx.create_ssl_context(trust_env=False)  # the public CAs (certifi)
+    if bundle := conf.get("UPSTREAM_CA_BUNDLE"):
+        context.load_verify_locations(cafile=bundle)
     return UpstreamTransport(
         Pool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=context,
             max_connections=int(conf["UPSTREAM_MAX_CONNECTIONS"]),
             max_keepalive=int(conf["UPSTREAM_MAX_KEEPALIVE"]),
             keepalive_expiry=KEEPALIVE_EXPIRY,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -122,6 +123,15 @@ def test_reader_rejects_malformed_values() -> None:
         env.int("PORT", 8000)
     assert Env({}).list("HOSTS", ["a"]) == ["a"]
     assert Env({"HOSTS": "a, b,,c"}).list("HOSTS") == ["a", "b", "c"]
+
+
+def test_a_file_setting_that_names_no_file_stops_the_process_at_start(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert Env({"TOLLWAY_UPSTREAM_CA_BUNDLE": str(bundle)}).file("TOLLWAY_UPSTREAM_CA_BUNDLE") == str(bundle)
+    assert Env({}).file("TOLLWAY_UPSTREAM_CA_BUNDLE") == ""
+    with pytest.raises(ImproperlyConfigured, match=r"TOLLWAY_UPSTREAM_CA_BUNDLE=.*is not a readable file"):
+        Env({"TOLLWAY_UPSTREAM_CA_BUNDLE": str(tmp_path / "typo.pem")}).file("TOLLWAY_UPSTREAM_CA_BUNDLE")
 
 
 def test_platform_is_the_standard_library_module() -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -276,6 +277,16 @@ def test_https_upstreams_are_verified_and_their_connections_reused(
     assert [call(server.url) for _ in range(5)] == [200] * 5
     assert server.accepted == 2, "one refused handshake, then one connection for all five"
     assert pool().idle_count == 1
+
+
+def test_a_private_ca_bundle_is_trusted_beside_the_public_ones(
+    fresh_transport: None, settings: Any, tmp_path: Path
+) -> None:
+    server_tls, _ = self_signed(tmp_path)
+    server = RawServer(tls=server_tls)
+    settings.TOLLWAY = {**settings.TOLLWAY, "UPSTREAM_CA_BUNDLE": str(tmp_path / "cert.pem")}
+    assert [call(server.url) for _ in range(3)] == [200] * 3
+    assert server.accepted == 1
 
 
 def test_idle_connections_left_past_their_keepalive_all_close_on_the_next_call(
