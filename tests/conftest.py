@@ -61,9 +61,9 @@ def wait_for_http(url: str, timeout: float = 90.0, proc: subprocess.Popen[Any] |
 
 
 def ledger_settled(count: int, timeout: float = 5.0) -> None:
-    """Wait until the ledger holds at least ``count`` rows. A served JSON answer writes its
-    row just after it is sent (``relay.MeteredJsonResponse``), so a test that has read the
-    answer from a live server may get there first."""
+    """Wait until the ledger holds at least ``count`` rows. A served answer's row is
+    committed before the answer is sent (``proxy.relay``), so this returns at once, unless
+    the row went through the spool (Postgres unreachable), which writes it later."""
     from billing.models import UsageRecord
 
     deadline = time.monotonic() + timeout
