@@ -937,6 +937,12 @@ def verdicts(report: Report) -> dict[str, str]:
             f"{_verdict(p50 <= 2 and p99 <= 5)} (medians of {len(added)} runs): +{p50:.2f} ms p50 (max 2), "
             f"+{p99:.2f} ms p99 (max 5), app only"
         )
+        if commits := s["p3"].get("commit"):
+            # Every answer waits for its ledger row's commit: say what the disk did meanwhile.
+            out["P3"] += (
+                f"; Postgres commits on this disk: {median(commits, 'stalls_per_s'):.1f} stalls/s over "
+                f"{STALL_MS:.0f} ms, longest {median(commits, 'max_ms'):.0f} ms"
+            )
     if "p4" in s and s["p4"].get("seconds") is not None:
         p = s["p4"]
         p95 = p.get("usage_p95_ms")

@@ -50,6 +50,10 @@ def test_p3_is_judged_on_the_median_of_the_added_latency() -> None:
     assert bench.verdicts(report(p3={"added": added}))["P3"].startswith("pass")
     added[0]["p50_ms"] = 2.4
     assert bench.verdicts(report(p3={"added": added}))["P3"].startswith("short")
+    # the commit probe's stalls are named beside the verdict: they set the p99
+    commit = [{"stalls_per_s": s, "max_ms": m} for s, m in ((0.4, 180.0), (1.2, 240.0), (0.0, 4.0))]
+    verdict = bench.verdicts(report(p3={"added": added, "commit": commit}))["P3"]
+    assert verdict.endswith("Postgres commits on this disk: 0.4 stalls/s over 20 ms, longest 180 ms"), verdict
 
 
 def stream_row(rps: float, **extra: Any) -> dict[str, Any]:
