@@ -31,6 +31,10 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script, bench/ is on the path, not the project
+
+from bench.run import median_range  # noqa: E402
+
 WORKTREES = ROOT / "var" / "compare"
 REDIS_DB_FIRST = 11  # make bench uses 10; the shared Redis is never flushed
 
@@ -73,13 +77,6 @@ def load_bench(tree: Path, index: int) -> ModuleType:
     spec.loader.exec_module(module)
     setattr(module, "STATE", ROOT / "var" / "compare" / f"state-{index}")  # noqa: B010  # its own stack directory
     return module
-
-
-def median_range(values: list[float], fmt: str) -> str:
-    if not values:
-        return "n/a"
-    middle = format(statistics.median(values), fmt)
-    return middle if len(values) == 1 else f"{middle} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 def figures(version: Version) -> dict[str, list[float]]:

@@ -527,8 +527,11 @@ def median(samples: list[dict[str, Any]], key: str) -> float:
 
 
 def spread(samples: list[dict[str, Any]], key: str, fmt: str = ".0f") -> str:
-    """``median (min-max)``, or the one value when there is one run."""
-    values = [s[key] for s in samples if s.get(key) is not None]
+    """``median (min-max)`` of ``key`` over the runs, or the one value when there is one run."""
+    return median_range([s[key] for s in samples if s.get(key) is not None], fmt)
+
+
+def median_range(values: list[float], fmt: str = ".0f") -> str:
     if not values:
         return "n/a"
     middle = format(statistics.median(values), fmt)
@@ -615,7 +618,7 @@ def commit_probe(database_url: str, seconds: float) -> dict[str, Any]:
     import psycopg
 
     took: list[float] = []
-    with psycopg.connect(database_url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, at timestamptz)")
         try:
             end = time.monotonic() + seconds

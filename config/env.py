@@ -123,7 +123,7 @@ class Env:
         """The path of a file that must exist, or "" when unset: a mistyped path stops the
         process at start, not at the first call that needs the file."""
         value = self.str(name)
-        if value and not os.path.isfile(value):
+        if value and not (os.path.isfile(value) and os.access(value, os.R_OK)):
             raise SettingError(f"{name}={value!r} is not a readable file.")
         return value
 

@@ -15,17 +15,17 @@ from billing.models import UsageRecord
 from tenants import services
 from tests.conftest import Catalog, Upstream, stop, user
 from tests.e2e.conftest import serve
+from tests.proxy.test_sse import CHUNK, frame
 from tests.proxy.test_upstream_pool import self_signed
 from tests.rawhttp import RawServer
 
 pytestmark = pytest.mark.live
 
-CHUNK = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up"}
 EVENTS = [
     {**CHUNK, "choices": [{"index": 0, "delta": {"content": "sealed"}, "finish_reason": "stop"}]},
     {**CHUNK, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}},
 ]
-SSE = b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in EVENTS) + b"data: [DONE]\n\n"
+SSE = frame([*(json.dumps(e) for e in EVENTS), "[DONE]"], b"\n")
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
