@@ -18,8 +18,7 @@ supervisord's configuration is written to the state directory (``supervisord.con
 program logs to ``logs/<name>.log``, and ``up`` waits until every replica, nginx and the
 worker answer. If anything fails on the way, ``up`` shuts supervisord down, which stops
 every process it had started, and exits non-zero. A process that dies is not restarted
-(tests kill replicas on purpose). ``down`` stops nginx first (no new requests; its
-keepalive connections, which hold a gunicorn worker's graceful exit, close), then beat,
+(tests kill replicas on purpose). ``down`` stops nginx first (no new requests), then beat,
 the worker and the replicas: SIGTERM to each process group, SIGKILL after the stop
 timeout. ``reload`` re-renders nginx's configuration from the current environment (same
 ports) and reloads it gracefully. The end-to-end tests drive this file.

@@ -5,6 +5,7 @@ and the stream finishes whole and is billed once (config/lifecycle.py, config/gu
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import threading
@@ -139,3 +140,27 @@ def test_sigterm_finishes_the_stream_in_flight_bills_it_and_takes_no_new_calls(
     assert (row.outcome, row.usage_estimated) == ("completed", False)
     assert (row.input_tokens, row.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert str(row.cost) == usage["cost"]
+
+
+def test_an_idle_kept_alive_connection_does_not_hold_the_stop(production_env: dict[str, str]) -> None:
+    proc, base = serve(production_env)  # gunicorn's keepalive: 75 s
+    try:
+        # Given a client whose call is done and whose connection stays open, idle (an SDK's pool)
+        client = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=5)
+        client.request("GET", "/health")
+        answer = client.getresponse()
+        assert (answer.status, answer.read()) == (200, b'{"status": "ok"}')
+        assert client.sock is not None
+
+        # When the replica is told to stop
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+
+        # Then it exits at once, not when the idle connection's keepalive runs out
+        assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - sent < 5
+        # and the connection was closed without a byte: no error page, nothing half-written
+        assert client.sock.recv(1) == b""
+        client.close()
+    finally:
+        stop(proc)
