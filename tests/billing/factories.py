@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
+from django.db.models.expressions import DatabaseDefault
+from psycopg import sql
+
 from billing.ledger import UsageEntry
 from billing.models import Model, UsageRecord
 from billing.pricing import PriceSnapshot, TokenUsage, charge_of
@@ -80,8 +84,26 @@ def random_usage(rng: random.Random) -> TokenUsage:
 
 
 def save(rows: list[UsageRecord]) -> None:
-    for i in range(0, len(rows), BATCH):
-        UsageRecord.objects.bulk_create(rows[i : i + BATCH])
+    """Insert ``rows`` (their ids left to the database). On Postgres with COPY: Django's
+    bulk_create spent about a minute compiling and binding 100,000 rows' SQL."""
+    if not rows:
+        return
+    # Columns left to their database default (db_default) on every row stay out of the COPY.
+    unset = {
+        f.attname for f in UsageRecord._meta.concrete_fields if isinstance(getattr(rows[0], f.attname), DatabaseDefault)
+    }
+    uniform = all(isinstance(getattr(row, name), DatabaseDefault) for row in rows for name in unset)
+    if connection.vendor != "postgresql" or not uniform:
+        for i in range(0, len(rows), BATCH):
+            UsageRecord.objects.bulk_create(rows[i : i + BATCH])
+        return
+    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key and f.attname not in unset]
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(UsageRecord._meta.db_table), sql.SQL(", ").join(sql.Identifier(f.column) for f in fields)
+    )
+    with connection.cursor() as cursor, cursor.cursor.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row([f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields])
 
 
 def snapshot(input_: str, output: str, cached: str | None = None, fee: str = "0") -> PriceSnapshot:
