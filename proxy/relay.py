@@ -25,6 +25,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
+from config import onewrite
 from config.errors import InternalError, TollwayError
 from proxy import circuit, meter, respcache
 from proxy.adapters.base import ChunkStream, Completion, load_event, usage_from_openai
@@ -231,7 +232,7 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
             outcome = UsageRecord.Outcome.COMPLETED
         cost = _meter(call, tally, outcome)
         if failure is not None:
-            yield sse_error_event(failure)
+            yield onewrite.final(sse_error_event(failure))
             return
         try:
             if cost is None:
@@ -247,7 +248,7 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
         except Exception:
             log.exception("relay could not end request %s", call.request_id)
             ending = sse_error_event(InternalError(call.request_id))
-        yield ending
+        yield onewrite.final(ending)  # with the chunked end, in one send
     finally:
         # GeneratorExit at a yield: the client went away. Bill what the provider counts.
         try:

@@ -26,6 +26,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import UsageRecord
 from billing.pricing import TokenUsage, usd
+from config import onewrite
 from config.errors import InternalError, TollwayError
 from proxy import meter, respcache
 from proxy.adapters.base import ChunkStream, Completion, usage_from_openai
@@ -305,7 +306,7 @@ def _relay(call: meter.Call, source: Source) -> Iterator[bytes]:
             log.exception("relay could not end request %s", call.request_id)
             error = {"code": "server_error", "message": InternalError(call.request_id).message}
             ending = emit({"type": "response.failed", "response": lifecycle("failed", error=error)})
-        yield ending
+        yield onewrite.final(ending)  # with the chunked end, in one send
     finally:
         try:
             if not call.metered:

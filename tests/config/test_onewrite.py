@@ -142,3 +142,35 @@ def test_a_gunicorn_whose_response_changed_shape_keeps_its_own(
         assert onewrite.install() is False
     assert wsgi.Response is Changed
     assert "send_headers" in caplog.text and "own send" in caplog.text
+
+
+def test_a_streams_final_bytes_go_out_with_the_chunked_end_and_the_connection_stays_open() -> None:
+    # Given a stream whose relay marks its last bytes (the usage chunk and [DONE])
+    body = [b"data: 1\n\n", onewrite.final(b"data: [DONE]\n\n")]
+    wire = Wire()
+    request = SimpleNamespace(version=(1, 1), method="GET", should_close=lambda: False)
+    response = ONE_WRITE(request, wire, SimpleNamespace(protocol="http"))
+    response.start_response("200 OK", SSE)
+    for item in body:
+        response.write(item)
+    response.close()
+    # Then the end rides with them: one send fewer, the same bytes as gunicorn's
+    assert wire.sends[1:] == [b"E\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"]
+    assert b"".join(wire.sends) == b"".join(answer(GunicornResponse, "200 OK", SSE, body).sends)
+    assert response.should_close() is False  # the keep-alive connection serves the next call
+
+
+def test_equal_bytes_that_are_not_the_marked_ones_do_not_end_the_stream() -> None:
+    onewrite.final(b"data: [DONE]\n\n")
+    same_text = b"".join([b"data: [DONE]", b"\n\n"])  # equal, but another object
+    wire = answer(ONE_WRITE, "200 OK", SSE, [same_text, b"data: more\n\n"])
+    assert wire.sends[-1] == b"0\r\n\r\n"
+    assert b"data: more" in wire.sends[-2]
+
+
+def test_bytes_after_the_final_ones_are_dropped_not_sent_after_the_end(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="config.onewrite"):
+        wire = answer(ONE_WRITE, "200 OK", SSE, [onewrite.final(b"data: [DONE]\n\n"), b"data: late\n\n"])
+    assert wire.sends[-1].endswith(b"0\r\n\r\n")
+    assert not any(b"late" in sent for sent in wire.sends)
+    assert "dropped" in caplog.text
