@@ -72,14 +72,19 @@ class Env:
             return False
         raise SettingError(f"{name}={raw!r} is not a boolean: use 1 or 0.")
 
-    def int(self, name: builtins.str, default: builtins.int) -> int:
+    def int(self, name: builtins.str, default: builtins.int, *, minimum: builtins.int | None = None) -> int:
+        """A whole number; below ``minimum`` (a size or a count that cannot be 0) it stops
+        the process at start rather than failing every call later."""
         raw = self._environ.get(name)
         if raw is None or raw.strip() == "":
             return default
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
             raise SettingError(f"{name}={raw!r} is not a whole number.") from None
+        if minimum is not None and value < minimum:
+            raise SettingError(f"{name}={raw!r} is below its minimum, {minimum}.")
+        return value
 
     def float(self, name: builtins.str, default: builtins.float) -> float:
         raw = self._environ.get(name)

@@ -170,7 +170,7 @@ if env.has("DATABASE_URL"):
         _db["CONN_MAX_AGE"] = 0
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DB_POOL_MIN_SIZE", 1),
-            "max_size": env.int("DB_POOL_MAX_SIZE", 10),
+            "max_size": env.int("DB_POOL_MAX_SIZE", 10, minimum=1),
             "timeout": env.float("DB_POOL_TIMEOUT", 10.0),
         }
         # Django turns psycopg's prepared statements off. Its own cursors bind on the
@@ -397,14 +397,14 @@ TOLLWAY: dict[str, Any] = {
     "UPSTREAM_TOTAL_TIMEOUT": env.float("TOLLWAY_UPSTREAM_TOTAL_TIMEOUT", 600.0),
     # The largest upstream answer, or one event of a stream, a worker reads into memory
     # (decoded); past it the call fails with upstream_bad_response.
-    "UPSTREAM_MAX_RESPONSE_BYTES": env.int("TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024 * 1024),
+    "UPSTREAM_MAX_RESPONSE_BYTES": env.int("TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024 * 1024, minimum=64 * 1024),
     # After a streaming client disconnects, how long to keep reading the upstream for its
     # usage report, so the call is billed from the provider's count, not an estimate.
     "DISCONNECT_DRAIN_SECONDS": env.float("TOLLWAY_DISCONNECT_DRAIN_SECONDS", 30.0),
     # A PEM bundle of CAs trusted for https upstreams beside the public ones (an internal
     # vLLM behind a private CA). Unset: the public CAs only; the system's are never read.
     "UPSTREAM_CA_BUNDLE": env.file("TOLLWAY_UPSTREAM_CA_BUNDLE"),
-    "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000),
+    "UPSTREAM_MAX_CONNECTIONS": env.int("TOLLWAY_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
     "UPSTREAM_MAX_KEEPALIVE": env.int("TOLLWAY_UPSTREAM_MAX_KEEPALIVE", 1000),
     # Peers whose X-Forwarded-For is believed (nginx). Anyone else's is ignored.
     "TRUSTED_PROXIES": env.list("TOLLWAY_TRUSTED_PROXIES", ["127.0.0.1/32", "::1/128"]),
@@ -420,7 +420,7 @@ TOLLWAY: dict[str, Any] = {
     "REDIS_SOCKET_TIMEOUT": env.float("REDIS_SOCKET_TIMEOUT", 0.25),
     "REDIS_CONNECT_TIMEOUT": env.float("REDIS_CONNECT_TIMEOUT", 0.25),
     "REDIS_BACKOFF_SECONDS": env.float("REDIS_BACKOFF_SECONDS", 1.0),
-    "REDIS_MAX_CONNECTIONS": env.int("REDIS_MAX_CONNECTIONS", 100),
+    "REDIS_MAX_CONNECTIONS": env.int("REDIS_MAX_CONNECTIONS", 100, minimum=1),
     "REDIS_POOL_TIMEOUT": env.float("REDIS_POOL_TIMEOUT", 10.0),
     # The sentinels' own password (Sentinel's requirepass), if they have one.
     "REDIS_SENTINEL_PASSWORD": env.str("REDIS_SENTINEL_PASSWORD"),
@@ -468,7 +468,7 @@ TOLLWAY: dict[str, Any] = {
     # Retries before the first byte (proxy.attempts): at most this many upstream attempts
     # per client request, all within this many seconds; full-jitter exponential backoff
     # from the base, capped; an upstream Retry-After is waited, up to its cap.
-    "RETRY_MAX_ATTEMPTS": env.int("TOLLWAY_RETRY_MAX_ATTEMPTS", 3),
+    "RETRY_MAX_ATTEMPTS": env.int("TOLLWAY_RETRY_MAX_ATTEMPTS", 3, minimum=1),
     "RETRY_BUDGET_SECONDS": env.float("TOLLWAY_RETRY_BUDGET_SECONDS", 30.0),
     "RETRY_BACKOFF_BASE_SECONDS": env.float("TOLLWAY_RETRY_BACKOFF_BASE_SECONDS", 0.25),
     "RETRY_BACKOFF_MAX_SECONDS": env.float("TOLLWAY_RETRY_BACKOFF_MAX_SECONDS", 4.0),
@@ -492,9 +492,9 @@ TOLLWAY: dict[str, Any] = {
     # seconds a worker's claim on a batch lasts without renewal (then another resumes it).
     "BATCH_MAX_FILE_BYTES": env.int("TOLLWAY_BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024),
     "BATCH_MAX_REQUESTS": env.int("TOLLWAY_BATCH_MAX_REQUESTS", 50_000),
-    "BATCH_TENANT_CONCURRENCY": env.int("TOLLWAY_BATCH_TENANT_CONCURRENCY", 4),
-    "BATCH_DEPLOYMENT_CONCURRENCY": env.int("TOLLWAY_BATCH_DEPLOYMENT_CONCURRENCY", 8),
-    "BATCH_CHUNK_LINES": env.int("TOLLWAY_BATCH_CHUNK_LINES", 200),
+    "BATCH_TENANT_CONCURRENCY": env.int("TOLLWAY_BATCH_TENANT_CONCURRENCY", 4, minimum=1),
+    "BATCH_DEPLOYMENT_CONCURRENCY": env.int("TOLLWAY_BATCH_DEPLOYMENT_CONCURRENCY", 8, minimum=1),
+    "BATCH_CHUNK_LINES": env.int("TOLLWAY_BATCH_CHUNK_LINES", 200, minimum=1),
     "BATCH_LEASE_SECONDS": env.float("TOLLWAY_BATCH_LEASE_SECONDS", 120.0),
     # Active health checks (proxy.tasks.check_deployments): the beat interval, and the
     # timeout of each check request.

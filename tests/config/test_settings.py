@@ -121,8 +121,20 @@ def test_reader_rejects_malformed_values() -> None:
         env.bool("DEBUG")
     with pytest.raises(ImproperlyConfigured, match="PORT"):
         env.int("PORT", 8000)
+    with pytest.raises(
+        ImproperlyConfigured, match=r"TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES='0' is below its minimum, 65536"
+    ):
+        Env({"TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES": "0"}).int("TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES", 1, minimum=65536)
+    assert Env({"N": "65536"}).int("N", 1, minimum=65536) == 65536
     assert Env({}).list("HOSTS", ["a"]) == ["a"]
     assert Env({"HOSTS": "a, b,,c"}).list("HOSTS") == ["a", "b", "c"]
+
+
+def test_a_size_or_count_that_cannot_be_zero_stops_the_process_at_start() -> None:
+    result = settings_with({"DEBUG": "1", "TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES": "0"})
+    assert result.returncode != 0
+    assert "TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES='0' is below its minimum, 65536" in result.stderr
+    assert settings_with({"DEBUG": "1", "TOLLWAY_UPSTREAM_MAX_RESPONSE_BYTES": "65536"}).returncode == 0
 
 
 def test_a_file_setting_that_names_no_file_stops_the_process_at_start(tmp_path: Path) -> None:
