@@ -58,25 +58,28 @@ def _end_wait(greenlet: Any, timeout: Any) -> None:
 
 
 class Worker(GeventWorker):
-    """gunicorn's gevent worker, whose graceful stop does not wait on idle connections.
+    """gunicorn's gevent worker, whose stop does not wait on idle connections.
 
-    After SIGTERM gunicorn's worker waits until no connection is open, and a kept-alive
-    connection waiting for its next request counts: a client that holds one idle (an
-    SDK's pool, nginx's upstream ``keepalive``) kept the worker up to ``keepalive``
-    seconds (75) after its last call ended. At the stop those waits end as gunicorn's own
-    keepalive timeout ends them, without a byte; calls in flight go on, and gunicorn closes
-    their connections after them. With a gunicorn that no longer waits through
-    ``timeout_ctx``, this changes nothing and the stop is as slow as before.
+    Once a worker stops (SIGTERM, or ``max_requests`` recycling it), gunicorn closes its
+    listener and waits until no connection is open, and a kept-alive connection waiting
+    for its next request counts: a client that holds one idle (an SDK's pool, nginx's
+    upstream ``keepalive``) kept the worker up to ``keepalive`` seconds (75) after its
+    last call ended, and a recycled worker's replacement was not started meanwhile. Once
+    it stops, those waits end as gunicorn's own keepalive timeout ends them, without a
+    byte; calls in flight go on, and gunicorn closes their connections after them. With a
+    gunicorn that no longer waits through ``timeout_ctx``, this changes nothing.
     """
 
     def timeout_ctx(self) -> _KeptAlive:
         return _KeptAlive(self.cfg.keepalive)
 
-    def handle_exit(self, sig: Any, frame: Any) -> None:
-        super().handle_exit(sig, frame)
-        loop = gevent.get_hub().loop  # from a signal handler: switch greenlets from the loop
-        for greenlet, timeout in list(_idle.items()):
-            loop.run_callback(_end_wait, greenlet, timeout)
+    def notify(self) -> None:
+        # The heartbeat, once a second, in the stop's wait too: end the idle waits then.
+        super().notify()
+        if not self.alive:
+            loop = gevent.get_hub().loop
+            for greenlet, timeout in list(_idle.items()):
+                loop.run_callback(_end_wait, greenlet, timeout)
 
 
 bind = os.environ.get("GUNICORN_BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
