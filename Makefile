@@ -97,7 +97,14 @@ POOLED_TESTS ?= tests/e2e/test_live_server.py tests/e2e/test_limits_live.py \
 pytest-pgbouncer: $(STAMP) services
 	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS) $(POOLED_TESTS)
 
-test: lint typecheck docs pytest pytest-pgbouncer
+# The static checks (about a minute of one core) run beside pytest, which mostly waits on
+# its servers; their output follows the tests'. Either failing fails `make test`.
+test: $(STAMP) services
+	@mkdir -p var
+	@($(MAKE) --no-print-directory lint typecheck docs > var/checks.log 2>&1; echo $$? > var/checks.rc) & \
+	$(MAKE) --no-print-directory pytest pytest-pgbouncer; tests=$$?; wait; \
+	echo "--- make lint typecheck docs, run beside the tests:"; cat var/checks.log; \
+	[ "$$tests" = 0 ] && [ "$$(cat var/checks.rc)" = 0 ]
 
 # The unit lane (tests/conftest.py sorts tests into lanes): no gunicorn, browser, nginx or
 # fault-injection servers. `make test` still runs every lane.
