@@ -10,7 +10,6 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +20,7 @@ from proxy import mockgen, tokens
 from tenants import services
 from tests.conftest import Catalog, ledger_settled, stop
 from tests.e2e.conftest import serve
+from tests.procs import children
 
 pytestmark = pytest.mark.live
 
@@ -167,26 +167,13 @@ def test_an_idle_kept_alive_connection_does_not_hold_the_stop(production_env: di
         stop(proc)
 
 
-def workers_of(master: int) -> set[int]:
-    """The gunicorn master's worker processes."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            found.add(int(stat.parent.name))
-    return found
-
-
 def test_a_worker_recycled_by_max_requests_leaves_at_once_despite_an_idle_connection(
     production_env: dict[str, str],
 ) -> None:
     env = {**production_env, "WEB_CONCURRENCY": "1", "GUNICORN_MAX_REQUESTS": "4", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
     proc, base = serve(env)
     try:
-        (worker,) = workers_of(proc.pid)
+        (worker,) = children(proc.pid)
         # Given a client holding an idle kept-alive connection to the only worker
         idle = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=5)
         idle.request("GET", "/health")
@@ -202,7 +189,7 @@ def test_a_worker_recycled_by_max_requests_leaves_at_once_despite_an_idle_connec
         assert idle.sock is not None and idle.sock.recv(1) == b""
         idle.close()
         deadline = time.monotonic() + 10
-        while worker in workers_of(proc.pid):
+        while worker in children(proc.pid):
             assert time.monotonic() < deadline, "the recycled worker is still running"
             time.sleep(0.1)
         # and its replacement answers

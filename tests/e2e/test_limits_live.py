@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from proxy import tokens
 from tenants.models import Tenant
 from tests.conftest import Catalog, ledger_settled, stop, user
 from tests.e2e.conftest import serve
+from tests.procs import children
 
 pytestmark = pytest.mark.live
 
@@ -127,18 +127,6 @@ def test_rpm_admits_exactly_n_across_processes(slow_replicas: list[Any], tenant:
     )
 
 
-def worker_pids(master: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def test_a_killed_worker_s_call_is_billed_within_seconds(
     slow_replicas: list[Any], tenant: Tenant, make_key: Any
 ) -> None:
@@ -177,7 +165,7 @@ def test_a_killed_worker_s_call_is_billed_within_seconds(
 
     # when the worker dies mid-request
     killed_at = time.monotonic()
-    for pid in worker_pids(proc.pid):
+    for pid in children(proc.pid):
         os.kill(pid, signal.SIGKILL)
     thread.join(30)
 

@@ -383,19 +383,6 @@ class Replica:
 
         wait_until(up, 60, f"replica {self.name}", every=0.1)
 
-    def workers(self) -> list[int]:
-        """The pids of this replica's gunicorn workers."""
-        assert self.proc is not None
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.proc.pid:
-                pids.append(int(stat.parent.name))
-        return pids
-
     def close(self) -> None:
         _stop(self.proc)
 
