@@ -90,21 +90,31 @@ docs-serve: $(STAMP)
 # every server's database connections through a real PgBouncer in transaction mode
 # (tests/pgbouncer.py; Debian's pgbouncer package). Live tests that never reach the
 # database from a server (CORS, gunicorn's own errors, the client libraries, process
-# supervision, the SQLite first hour) run once, in `make pytest`.
+# supervision, the SQLite first hour) run once, in `make pytest`. This lane has its own
+# test database, Redis database and var/ directory, so `make test` runs it beside
+# `make pytest`.
 POOLED_TESTS ?= tests/e2e/test_live_server.py tests/e2e/test_limits_live.py \
 	tests/e2e/test_alerts_live.py tests/e2e/test_graceful_stop.py tests/e2e/test_conformance.py \
 	tests/e2e/test_failover_live.py tests/e2e/test_browser.py tests/deploy/test_stack.py
+POOLED_DESELECT ?= tests/e2e/test_live_server.py::test_embedded_default_as_make_run_serves_it
+POOLED_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/tollway_pooled
+POOLED_REDIS_URL ?= redis://127.0.0.1:6379/13
 pytest-pgbouncer: $(STAMP) services
-	$(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS) $(POOLED_TESTS)
+	DATABASE_URL=$(POOLED_DATABASE_URL) REDIS_URL=$(POOLED_REDIS_URL) TOLLWAY_VAR_DIR=$(CURDIR)/var/pooled \
+	  $(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS) $(POOLED_TESTS) \
+	  $(addprefix --deselect ,$(POOLED_DESELECT))
 
-# The static checks (about a minute of one core) run beside pytest, which mostly waits on
-# its servers; their output follows the tests'. Either failing fails `make test`.
+# Beside pytest, which mostly waits on its servers: the PgBouncer lane, and the static
+# checks (about a minute of one core). Their output follows the tests'; any of the three
+# failing fails `make test`.
 test: $(STAMP) services
 	@mkdir -p var
 	@($(MAKE) --no-print-directory lint typecheck docs > var/checks.log 2>&1; echo $$? > var/checks.rc) & \
-	$(MAKE) --no-print-directory pytest pytest-pgbouncer; tests=$$?; wait; \
+	($(MAKE) --no-print-directory pytest-pgbouncer > var/pooled.log 2>&1; echo $$? > var/pooled.rc) & \
+	$(MAKE) --no-print-directory pytest; tests=$$?; wait; \
+	echo "--- make pytest-pgbouncer, run beside the tests:"; cat var/pooled.log; \
 	echo "--- make lint typecheck docs, run beside the tests:"; cat var/checks.log; \
-	[ "$$tests" = 0 ] && [ "$$(cat var/checks.rc)" = 0 ]
+	[ "$$tests" = 0 ] && [ "$$(cat var/pooled.rc)" = 0 ] && [ "$$(cat var/checks.rc)" = 0 ]
 
 # The unit lane (tests/conftest.py sorts tests into lanes): no gunicorn, browser, nginx or
 # fault-injection servers. `make test` still runs every lane.

@@ -129,12 +129,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def server_database(request: pytest.FixtureRequest, django_db_setup: None) -> Iterator[dict[str, str]]:
     """The database environment of the servers a test starts: the test database, directly,
     or with ``--via-pgbouncer`` through a PgBouncer in transaction mode whose server
-    connections default to a time zone that is not UTC (as a managed Postgres may)."""
+    connections default to a time zone that is not UTC (as a managed Postgres may).
+
+    The servers also share this run's var/ directory (``TOLLWAY_VAR_DIR``): the PgBouncer
+    lane runs beside the main one, and a server adopts the spool files of dead workers it
+    finds there, which must be its own lane's."""
+    from django.conf import settings
     from django.db import connection
 
     db = connection.settings_dict
+    var = {"TOLLWAY_VAR_DIR": str(settings.VAR_DIR)}
     if not request.config.getoption("--via-pgbouncer"):
-        yield {"DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
+        url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        yield {"DATABASE_URL": url, **var}
         return
     from tests import pgbouncer
 
@@ -142,7 +149,7 @@ def server_database(request: pytest.FixtureRequest, django_db_setup: None) -> It
         host=db["HOST"], port=int(db["PORT"]), user=db["USER"], password=db["PASSWORD"], timezone="America/New_York"
     )
     try:
-        yield bouncer.app_env(str(db["NAME"]))
+        yield {**bouncer.app_env(str(db["NAME"])), **var}
         used = bouncer.stats().get(str(db["NAME"]), {}).get("total_xact_count", 0)
         assert used > 0, "--via-pgbouncer: no transaction went through PgBouncer"
     finally:
