@@ -8,6 +8,7 @@ imports gevent, unpatched, as gunicorn does in the master for ``worker_class = "
 
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import gevent
 from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]  # gunicorn ships no type hints
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
+
+from config.logs import DEFAULT_FLUSH_SECONDS, BatchedStreamHandler
 
 
 def _cpu_count() -> int:
@@ -134,6 +137,19 @@ class JsonAccessLogger(Logger):
     ``access_log_format`` cannot do.
     """
 
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        # A line per call written at once is a write in the worker and a wakeup of whatever
+        # reads stdout: batch it as the request log is (config/logs.py). gunicorn marks
+        # its handler ``_gunicorn`` to replace it on a reload; a shape it no longer has
+        # leaves gunicorn's own handler in place.
+        for index, handler in enumerate(self.access_log.handlers):
+            if type(handler) is logging.StreamHandler and getattr(handler, "_gunicorn", False):
+                batched = BatchedStreamHandler(handler.stream, flush_seconds=_log_flush_seconds())
+                batched.setFormatter(handler.formatter)
+                batched._gunicorn = True  # type: ignore[attr-defined]
+                self.access_log.handlers[index] = batched
+
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if not self.access_log_enabled:
             return
@@ -156,6 +172,14 @@ class JsonAccessLogger(Logger):
             self.access_log.info(json.dumps(line))
         except Exception:
             self.exception("could not write the access log line")
+
+
+def _log_flush_seconds() -> float:
+    # As the Django settings read it; they refuse a bad value when the app loads.
+    try:
+        return float(os.environ.get("TOLLWAY_LOG_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
+    except ValueError:
+        return DEFAULT_FLUSH_SECONDS
 
 
 logger_class = JsonAccessLogger

@@ -1,15 +1,18 @@
 """The console log handler: lines written in batches, not one write per line.
 
-The request log is a line per call (proxy/observe.py). Written one at a time, each line is
-a write in the worker and a wakeup of whatever reads the pipe (supervisord, the container
-runtime): supervisord alone took 6 % of a core at 520 calls/s. Here a line waits at most
+The request log is a line per call (proxy/observe.py), and so is gunicorn's access log
+(config/gunicorn.py). Written one at a time, each line is a write in the worker and a
+wakeup of whatever reads the pipe (supervisord, the container runtime): supervisord alone
+took 6 % of a core at 520 calls/s. Here a line waits at most
 ``TOLLWAY_LOG_FLUSH_SECONDS`` (or until 64 KiB are waiting); a warning or worse writes at
-once, with everything before it, and so does the process's exit (``logging.shutdown``).
+once, with everything before it, and so does the process's exit (an ``atexit`` hook).
 0 writes every line as it comes, as ``logging.StreamHandler`` does.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import time
@@ -92,4 +95,14 @@ def _forget_in_child() -> None:
         handler._flusher_pid = None
 
 
+def _flush_all() -> None:
+    # logging.shutdown flushes only the handlers logging still lists, and a dictConfig
+    # (Django's LOGGING, loaded in each gunicorn worker) unlists those made before it:
+    # gunicorn's access log handler, made in the master.
+    for handler in list(_handlers):
+        with contextlib.suppress(OSError, ValueError):  # a stream closed already, as logging.shutdown allows
+            handler.flush()
+
+
 os.register_at_fork(after_in_child=_forget_in_child)
+atexit.register(_flush_all)  # after the imports of logging: it runs before logging.shutdown

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import openai
 import pytest
@@ -15,13 +15,14 @@ from django.conf import settings
 from tests.conftest import ROOT, UPSTREAM_KEY, UPSTREAM_KEY_ENV, free_port, wait_for_http
 
 
-def serve(env: dict[str, str]) -> tuple[subprocess.Popen[Any], str]:
+def serve(env: dict[str, str], stdout: IO[Any] | None = None) -> tuple[subprocess.Popen[Any], str]:
     """Start gunicorn with exactly ``env`` (plus its port), as an operator would."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py"],
         cwd=ROOT,
         env={"WEB_CONCURRENCY": "2", "GUNICORN_ACCESSLOG": "", **env, "PORT": str(port)},
+        stdout=stdout,
     )
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/health", proc=proc)

@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -196,3 +197,29 @@ def test_a_worker_recycled_by_max_requests_leaves_at_once_despite_an_idle_connec
         assert httpx.get(f"{base}/health", timeout=30).status_code == 200
     finally:
         stop(proc)
+
+
+def test_access_log_lines_wait_for_their_batch_and_all_are_written_at_the_stop(
+    production_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**production_env, "WEB_CONCURRENCY": "1", "GUNICORN_ACCESSLOG": "-", "TOLLWAY_LOG_FLUSH_SECONDS": "30"}
+    stdout = tmp_path / "stdout.log"
+
+    def access_lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stdout.read_text().splitlines() if '"method"' in line]
+
+    with stdout.open("w") as out:
+        proc, base = serve(env, stdout=out)
+        try:
+            # Given three calls, each with its line in gunicorn's JSON access log
+            ids = [httpx.get(f"{base}/health", timeout=10).headers["x-request-id"] for _ in range(3)]
+            # Then the lines wait to share a write, not one write per call
+            time.sleep(0.5)
+            assert access_lines() == []
+            # and when the replica stops, every held line is written
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            stop(proc)
+    lines = {line["request_id"]: line for line in access_lines()}
+    assert all(lines[request_id]["path"] == "/health" and lines[request_id]["status"] == 200 for request_id in ids)
