@@ -20,8 +20,6 @@ from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]  # gu
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
 
-from config.logs import DEFAULT_FLUSH_SECONDS, BatchedStreamHandler
-
 
 def _cpu_count() -> int:
     # The CPUs this process may use: a container's cpuset, not the whole host.
@@ -139,13 +137,16 @@ class JsonAccessLogger(Logger):
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
+        # Imported here: docker/stack.py loads this file without the project on sys.path.
+        from config.logs import DEFAULT_FLUSH_SECONDS, BatchedStreamHandler
+
         # A line per call written at once is a write in the worker and a wakeup of whatever
         # reads stdout: batch it as the request log is (config/logs.py). gunicorn marks
         # its handler ``_gunicorn`` to replace it on a reload; a shape it no longer has
         # leaves gunicorn's own handler in place.
         for index, handler in enumerate(self.access_log.handlers):
             if type(handler) is logging.StreamHandler and getattr(handler, "_gunicorn", False):
-                batched = BatchedStreamHandler(handler.stream, flush_seconds=_log_flush_seconds())
+                batched = BatchedStreamHandler(handler.stream, flush_seconds=_log_flush_seconds(DEFAULT_FLUSH_SECONDS))
                 batched.setFormatter(handler.formatter)
                 batched._gunicorn = True  # type: ignore[attr-defined]
                 self.access_log.handlers[index] = batched
@@ -174,12 +175,12 @@ class JsonAccessLogger(Logger):
             self.exception("could not write the access log line")
 
 
-def _log_flush_seconds() -> float:
+def _log_flush_seconds(default: float) -> float:
     # As the Django settings read it; they refuse a bad value when the app loads.
     try:
-        return float(os.environ.get("TOLLWAY_LOG_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS))
+        return float(os.environ.get("TOLLWAY_LOG_FLUSH_SECONDS", default))
     except ValueError:
-        return DEFAULT_FLUSH_SECONDS
+        return default
 
 
 logger_class = JsonAccessLogger

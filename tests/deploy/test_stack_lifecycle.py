@@ -31,8 +31,8 @@ def test_make_stack_passes_replicas_on() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_four_replicas_behind_nginx_each_serve(server_database: dict[str, str], catalog: Catalog, key: Any) -> None:
-    # given `make stack REPLICAS=4`
-    stack = start_stack(database=server_database, replicas=4)
+    # given `make stack REPLICAS=4`, its workers per replica counted as make stack counts them
+    stack = start_stack(database=server_database, replicas=4, WEB_CONCURRENCY="")
     try:
         # then nginx's upstream block names the four replicas, and supervisord runs them all
         conf = (stack.dir / "nginx" / "nginx.conf").read_text()
