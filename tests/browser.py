@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,8 @@ needs_chromium = pytest.mark.skipif(
     reason="Debian's chromium (apt-get install chromium) and the playwright package are needed",
 )
 
-ARTIFACTS = ROOT / "var" / "test-artifacts"
+# Under the lane's var/ (the PgBouncer lane runs the same tests beside the main one).
+ARTIFACTS = Path(os.environ.get("TOLLWAY_VAR_DIR") or ROOT / "var") / "test-artifacts"
 DOCS = ROOT / "docs" / "screenshots"
 TIMEOUT_MS = 15_000
 FLAGS = [
