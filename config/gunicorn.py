@@ -138,6 +138,7 @@ class JsonAccessLogger(Logger):
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         # Imported here: docker/stack.py loads this file without the project on sys.path.
+        from config.env import env
         from config.logs import DEFAULT_FLUSH_SECONDS, BatchedStreamHandler
 
         # A line per call written at once is a write in the worker and a wakeup of whatever
@@ -146,7 +147,8 @@ class JsonAccessLogger(Logger):
         # leaves gunicorn's own handler in place.
         for index, handler in enumerate(self.access_log.handlers):
             if type(handler) is logging.StreamHandler and getattr(handler, "_gunicorn", False):
-                batched = BatchedStreamHandler(handler.stream, flush_seconds=_log_flush_seconds(DEFAULT_FLUSH_SECONDS))
+                flush_seconds = env.float("TOLLWAY_LOG_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS)  # as settings.LOGGING
+                batched = BatchedStreamHandler(handler.stream, flush_seconds=flush_seconds)
                 batched.setFormatter(handler.formatter)
                 batched._gunicorn = True  # type: ignore[attr-defined]
                 self.access_log.handlers[index] = batched
@@ -173,14 +175,6 @@ class JsonAccessLogger(Logger):
             self.access_log.info(json.dumps(line))
         except Exception:
             self.exception("could not write the access log line")
-
-
-def _log_flush_seconds(default: float) -> float:
-    # As the Django settings read it; they refuse a bad value when the app loads.
-    try:
-        return float(os.environ.get("TOLLWAY_LOG_FLUSH_SECONDS", default))
-    except ValueError:
-        return default
 
 
 logger_class = JsonAccessLogger

@@ -23,6 +23,7 @@ import dj_database_url
 from corsheaders.defaults import default_headers as cors_default_headers
 
 from config.env import SettingError, env
+from config.logs import DEFAULT_FLUSH_SECONDS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.str("TOLLWAY_VAR_DIR", str(BASE_DIR / "var")))
@@ -544,7 +545,7 @@ LOGGING = {
         "console": {
             "class": "config.logs.BatchedStreamHandler",  # a write per batch of lines, not per line
             "formatter": LOG_FORMAT,
-            "flush_seconds": env.float("TOLLWAY_LOG_FLUSH_SECONDS", 0.2),
+            "flush_seconds": env.float("TOLLWAY_LOG_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS),
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

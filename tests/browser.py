@@ -8,10 +8,10 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from tests.conftest import ROOT
 from tests.pages import PASSWORD
@@ -28,7 +28,7 @@ needs_chromium = pytest.mark.skipif(
 )
 
 # Under the lane's var/ (the PgBouncer lane runs the same tests beside the main one).
-ARTIFACTS = Path(os.environ.get("TOLLWAY_VAR_DIR") or ROOT / "var") / "test-artifacts"
+ARTIFACTS = settings.VAR_DIR / "test-artifacts"
 DOCS = ROOT / "docs" / "screenshots"
 TIMEOUT_MS = 15_000
 FLAGS = [
