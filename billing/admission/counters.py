@@ -243,6 +243,11 @@ def admit_after_rebuild(
     while True:
         if client.set(lock, ask.request_id, nx=True, px=int(REBUILD_LOCK_SECONDS * 1000)):
             try:
+                # The lock may be free because a rebuild just ended, after this request
+                # last found the counters missing: look again before summing the ledger.
+                result = run()
+                if result[0] != "init":
+                    return result
                 rebuild(ask, month, start, end, prepaid)
             finally:
                 scripts.UNLOCK(keys={"lock": lock}, args={"holder": ask.request_id})

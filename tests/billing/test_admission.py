@@ -394,6 +394,31 @@ def budget_ask(tenant: Tenant, request_id: str, *, amount: Decimal, budget: Deci
     )
 
 
+@pytest.mark.django_db
+def test_a_request_that_takes_the_rebuild_lock_after_a_rebuild_ended_does_not_rebuild_again(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a request that found the counters missing, and took the lock only once the
+    # rebuild another request did had ended (the counters are back)
+    rebuilds: list[int] = []
+
+    def rebuild(*args: Any) -> bool:
+        rebuilds.append(1)
+        return True
+
+    monkeypatch.setattr(counters, "rebuild", rebuild)
+    cache.clear()
+    ask = budget_ask(tenant, "late", amount=Decimal("0.005"), budget=Decimal("0.99"))
+    now = datetime.now(UTC)
+
+    # When it holds the lock
+    result = counters.admit_after_rebuild(ask, "2026-11", now, now, False, lambda: ["ok", "1", "1", "1", "1", "0"])
+
+    # Then it is admitted without summing the ledger a second time
+    assert result[0] == "ok"
+    assert rebuilds == []
+
+
 @pytest.mark.django_db(transaction=True)  # the callers are threads, each on its own connection
 def test_after_a_flush_one_request_rebuilds_while_the_others_wait(
     tenant: Tenant, monkeypatch: pytest.MonkeyPatch
