@@ -6,7 +6,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: bench bench-p4 bench-compare bench-tools help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer services format clean stack stack-down stack-status docs docs-serve
+.PHONY: bench bench-p4 bench-compare bench-tools help venv setup run demo serve migrate seed test test-fast lint typecheck pytest pytest-pgbouncer pytest-faults services format clean stack stack-down stack-status docs docs-serve
 
 help:
 	@echo "make run        build the venv, migrate, seed demo data, serve on 127.0.0.1:$(PORT)"
@@ -104,17 +104,30 @@ pytest-pgbouncer: $(STAMP) services
 	  $(BIN)/pytest -m live --via-pgbouncer $(PYTEST_ARGS) $(POOLED_TESTS) \
 	  $(addprefix --deselect ,$(POOLED_DESELECT))
 
-# Beside pytest, which mostly waits on its servers: the PgBouncer lane, and the static
-# checks (about a minute of one core). Their output follows the tests'; any of the three
-# failing fails `make test`.
+# The fault suite (tests/faults/): each test starts its own Postgres cluster, Redis and
+# replicas, then mostly waits (a Redis hung for 10 s, a Postgres restarted). It has its
+# own test database, Redis database and var/ directory, so `make test` runs it beside
+# `make pytest`, after the PgBouncer lane.
+FAULTS_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/tollway_faults
+FAULTS_REDIS_URL ?= redis://127.0.0.1:6379/12
+pytest-faults: $(STAMP) services
+	DATABASE_URL=$(FAULTS_DATABASE_URL) REDIS_URL=$(FAULTS_REDIS_URL) TOLLWAY_VAR_DIR=$(CURDIR)/var/faults \
+	  $(BIN)/pytest $(PYTEST_ARGS) tests/faults
+
+# Beside pytest, which mostly waits on its servers: the PgBouncer lane then the fault
+# suite, and the static checks (about a minute of one core). Their output follows the
+# tests'; any of them failing fails `make test`.
 test: $(STAMP) services
 	@mkdir -p var
 	@($(MAKE) --no-print-directory lint typecheck docs > var/checks.log 2>&1; echo $$? > var/checks.rc) & \
-	($(MAKE) --no-print-directory pytest-pgbouncer > var/pooled.log 2>&1; echo $$? > var/pooled.rc) & \
-	$(MAKE) --no-print-directory pytest; tests=$$?; wait; \
+	($(MAKE) --no-print-directory pytest-pgbouncer > var/pooled.log 2>&1; echo $$? > var/pooled.rc; \
+	 $(MAKE) --no-print-directory pytest-faults > var/faults.log 2>&1; echo $$? > var/faults.rc) & \
+	$(MAKE) --no-print-directory pytest PYTEST_ARGS="$(PYTEST_ARGS) --ignore=tests/faults"; tests=$$?; wait; \
 	echo "--- make pytest-pgbouncer, run beside the tests:"; cat var/pooled.log; \
+	echo "--- make pytest-faults, run beside the tests after it:"; cat var/faults.log; \
 	echo "--- make lint typecheck docs, run beside the tests:"; cat var/checks.log; \
-	[ "$$tests" = 0 ] && [ "$$(cat var/pooled.rc)" = 0 ] && [ "$$(cat var/checks.rc)" = 0 ]
+	[ "$$tests" = 0 ] && [ "$$(cat var/pooled.rc)" = 0 ] && [ "$$(cat var/faults.rc)" = 0 ] && \
+	[ "$$(cat var/checks.rc)" = 0 ]
 
 # The unit lane (tests/conftest.py sorts tests into lanes): no gunicorn, browser, nginx or
 # fault-injection servers. `make test` still runs every lane.
