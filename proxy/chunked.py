@@ -32,8 +32,10 @@ def _size(line: bytes) -> int:
 
 
 class ChunkedBody:
-    """The data of a chunked body, as it arrives. ``read()`` returns the socket's next
-    bytes (b"" when the peer closed). Once iterated to its end, ``tail`` holds the raw
+    """The data of a chunked body, as it arrives: what one read brought, however many
+    chunks it held, as one piece (a relay sends it on in one write), and never held back
+    while the next read waits. ``read()`` returns the socket's next bytes (b"" when the
+    peer closed). Once iterated to its end, ``tail`` holds the raw
     last chunk and its trailers, and ``rest`` whatever was read after them (the start of
     a response the server should not have sent)."""
 
@@ -47,15 +49,22 @@ class ChunkedBody:
         read = self._read
         buf, pos = self._leading, 0
         self._leading = b""
+        held: list[bytes] = []  # data read but not yet handed on: all of one read goes as one piece
         while True:
             eol = buf.find(b"\r\n", pos)
             if eol < 0:  # a chunk header still to come
                 if len(buf) - pos > MAX_LINE:
                     raise _bad("chunk header too long")
+                if held:  # never hold data while waiting for more
+                    yield held[0] if len(held) == 1 else b"".join(held)
+                    held = []
                 buf, pos = buf[pos:] + _more(read), 0
                 continue
             size = _size(buf[pos:eol])
             if size == 0:  # the last chunk: its trailers, up to the empty line
+                if held:
+                    yield held[0] if len(held) == 1 else b"".join(held)
+                    held = []
                 buf, trailers = buf[pos:], eol + 2 - pos
                 while (end := _trailers_end(buf, trailers)) < 0:
                     if len(buf) > MAX_LINE:
@@ -64,14 +73,20 @@ class ChunkedBody:
                 self.tail, self.rest = buf[:end], buf[end:]
                 return
             pos = eol + 2
-            while size:  # the chunk's data, yielded as it comes
+            while size:  # the chunk's data, handed on as it comes
                 if pos == len(buf):
+                    if held:
+                        yield held[0] if len(held) == 1 else b"".join(held)
+                        held = []
                     buf, pos = _more(read), 0
                 piece = buf[pos : pos + size]
                 pos += len(piece)
                 size -= len(piece)
-                yield piece
+                held.append(piece)
             while len(buf) - pos < 2:
+                if held:
+                    yield held[0] if len(held) == 1 else b"".join(held)
+                    held = []
                 buf, pos = buf[pos:] + _more(read), 0
             if buf[pos : pos + 2] != b"\r\n":
                 raise _bad("no CRLF after a chunk's data")

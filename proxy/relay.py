@@ -1,6 +1,8 @@
 """Stage 6, relay: the answer back to the client, as JSON or as SSE chunks, with its cost.
 
-Streams are relayed chunk by chunk. Usage is collected from the provider's usage chunk
+Streams are relayed chunk by chunk, or rather read by read: chunks that reached Tollway
+together (as they do when a busy worker gets to a stream late) go out in one write
+(docs/decisions/0032). Usage is collected from the provider's usage chunk
 (requested upstream whatever the client asked; adapters of other formats end every stream
 with one). The latest usage seen wins, since some providers repeat a cumulative total.
 The client sees that chunk only if it asked for it, with ``usage.cost`` added.
@@ -199,29 +201,39 @@ def _relay(call: meter.Call, upstream: ChunkStream) -> Iterator[bytes]:
             take_bytes()
     outcome = UsageRecord.Outcome.CLIENT_GONE  # until the stream ends otherwise
     failure: TollwayError | None = None
+
+    def event(chunk: dict[str, Any]) -> bytes | None:
+        """A parsed chunk as the SSE event to relay; None for the usage chunk, sent last."""
+        if collector is not None:
+            collector.take(chunk)
+        if tally.take(chunk):
+            return None  # the usage chunk: sent last, with its cost
+        chunk["model"] = model_name
+        if not include_usage:
+            chunk.pop("usage", None)
+        elif chunk.get("usage") is not None:
+            chunk["usage"] = None  # usage goes out once, on the last chunk, with its cost
+        return sse_event(chunk)
+
     try:
         try:
             for chunk in chunks:
-                if type(chunk) is bytes:
-                    relayed = tally.rewrite(chunk, model_json, include_usage)
-                    if relayed is not None:
-                        if call.first_byte_at is None:
-                            call.first_byte_at = time.monotonic()
-                        yield b"data: " + relayed + b"\n\n"
+                if type(chunk) is list:  # the provider's bytes, as many as arrived together: one write
+                    out = []
+                    for payload in chunk:
+                        relayed = tally.rewrite(payload, model_json, include_usage)
+                        if relayed is not None:
+                            out.append(b"data: " + relayed + b"\n\n")
+                        elif (parsed := event(load_event(payload.decode("utf-8", "replace")))) is not None:
+                            out.append(parsed)
+                    if not out:
                         continue
-                    chunk = load_event(chunk.decode("utf-8", "replace"))
-                if collector is not None:
-                    collector.take(chunk)
-                if tally.take(chunk):
-                    continue  # the usage chunk: sent last, with its cost
-                chunk["model"] = model_name
-                if not include_usage:
-                    chunk.pop("usage", None)
-                elif chunk.get("usage") is not None:
-                    chunk["usage"] = None  # usage goes out once, on the last chunk, with its cost
+                    relayed = out[0] if len(out) == 1 else b"".join(out)
+                elif (relayed := event(chunk)) is None:
+                    continue
                 if call.first_byte_at is None:
                     call.first_byte_at = time.monotonic()
-                yield sse_event(chunk)
+                yield relayed
         except TollwayError as exc:
             outcome, failure = UsageRecord.Outcome.UPSTREAM_ERROR, exc
             _count_failure(call, exc)
@@ -280,7 +292,8 @@ def _drain(call: meter.Call, chunks: Iterator[dict[str, Any]], tally: _Tally) ->
     deadline = time.monotonic() + float(settings.TOLLWAY["DISCONNECT_DRAIN_SECONDS"])
     try:
         for chunk in chunks:
-            tally.take(load_event(chunk.decode("utf-8", "replace")) if type(chunk) is bytes else chunk)
+            for one in chunk if type(chunk) is list else (chunk,):
+                tally.take(load_event(one.decode("utf-8", "replace")) if type(one) is bytes else one)
             if tally.usage is not None or time.monotonic() > deadline:
                 return
     except Exception as exc:  # the upstream failed too: the estimate will do

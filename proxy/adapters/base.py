@@ -131,7 +131,15 @@ class EventTooLarge(Exception):
 
 
 def sse_payloads(chunks: Iterable[bytes], limit: int | None = None) -> Iterator[bytes]:
-    """:func:`sse_data`'s payloads as the provider's own bytes.
+    """:func:`sse_data`'s payloads as the provider's own bytes."""
+    for batch in sse_batches(chunks, limit):
+        yield from batch
+
+
+def sse_batches(chunks: Iterable[bytes], limit: int | None = None) -> Iterator[list[bytes]]:
+    """:func:`sse_payloads`, as the events each piece of the body completed: several when
+    the provider's events arrived together (a busy worker reads a stream less often), so
+    a relay can send them on in one write.
 
     Lines end in LF, CRLF or CR (as the SSE spec allows), however the network split them;
     the end of the stream ends the last line and event. One loop, not a generator of lines
@@ -153,16 +161,19 @@ def sse_payloads(chunks: Iterable[bytes], limit: int | None = None) -> Iterator[
         *lines, pending = complete.split(b"\n")
         if held:
             pending += b"\r"
+        events: list[bytes] = []
         for line in lines:
             if not line:
                 if data:
-                    yield data[0] if len(data) == 1 else b"\n".join(data)
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
                     data, size = [], 0
             elif line.startswith(b"data:"):
                 data.append(line[5:].lstrip(b" "))
                 size += len(line)
                 if size > limit:
                     raise EventTooLarge(limit)
+        if events:
+            yield events
         if len(pending) > limit:  # a line that has not ended, after the events before it
             raise EventTooLarge(limit)
     if pending:
@@ -170,7 +181,7 @@ def sse_payloads(chunks: Iterable[bytes], limit: int | None = None) -> Iterator[
         if line.startswith(b"data:"):
             data.append(line[5:].lstrip(b" "))
     if data:
-        yield data[0] if len(data) == 1 else b"\n".join(data)
+        yield [data[0] if len(data) == 1 else b"\n".join(data)]
 
 
 def bad_event() -> UpstreamError:
@@ -445,15 +456,20 @@ class UpstreamStream:
             yield payload.decode("utf-8", "replace")
 
     def raw_payloads(self) -> Iterator[bytes]:
+        for batch in self.raw_batches():
+            yield from batch
+
+    def raw_batches(self) -> Iterator[list[bytes]]:
+        """The payloads, as :func:`sse_batches` groups them, within the total time limit."""
         try:
-            for payload in sse_payloads(self._body()):
+            for batch in sse_batches(self._body()):
                 if time.monotonic() > self.deadline:
                     raise UpstreamError(
                         "The upstream provider took longer than its total time limit.",
                         code=ErrorCode.UPSTREAM_TIMEOUT,
                         status=504,
                     )
-                yield payload
+                yield batch
         except httpx.HTTPError as exc:
             raise transport_error(self.target, exc, "mid-stream") from None
         except EventTooLarge:

@@ -33,19 +33,29 @@ class _Stream(UpstreamStream):
     as_bytes = False  # set by take_bytes()
 
     def take_bytes(self) -> bool:
-        """From the next chunk on, yield a chunk that carries no error as the provider's
-        own JSON bytes, for a reader that rewrites them without parsing (``proxy.relay``)."""
+        """From the next chunk on, yield the chunks that carry no error as the provider's
+        own JSON bytes, in lists of those that arrived together, for a reader that
+        rewrites them without parsing and sends each list on in one write (``proxy.relay``)."""
         self.as_bytes = True
         return True
 
     def chunks(self) -> Iterator[dict[str, Any]]:
-        for payload in self.raw_payloads():
-            if payload.strip() == b"[DONE]":
-                return
-            if self.as_bytes and b'"error"' not in payload:
-                yield payload  # type: ignore[misc]  # bytes, as take_bytes() asked
-            else:
+        for batch in self.raw_batches():
+            plain: list[bytes] = []
+            for payload in batch:
+                if payload.strip() == b"[DONE]":
+                    if plain:
+                        yield plain  # type: ignore[misc]  # bytes, as take_bytes() asked
+                    return
+                if self.as_bytes and b'"error"' not in payload:
+                    plain.append(payload)
+                    continue
+                if plain:
+                    yield plain  # type: ignore[misc]
+                    plain = []
                 yield decode_chunk(payload.decode("utf-8", "replace"))
+            if plain:
+                yield plain  # type: ignore[misc]
         raise cut_short()
 
 

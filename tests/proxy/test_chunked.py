@@ -171,3 +171,19 @@ def test_a_stream_cut_by_the_server_is_an_httpx_error(fresh_transport: None) -> 
     response.close()
 
     assert upstream.pool().idle_count == 0
+
+
+def test_the_chunks_one_read_brought_are_handed_on_as_one_piece_before_the_next_read() -> None:
+    # Given reads that bring two whole chunks, then half of one, then its rest and the end
+    served = [chunk(b"a") + chunk(b"bc"), chunk(b"defg")[:5], chunk(b"defg")[5:] + b"0\r\n\r\n"]
+    log: list[str] = []
+
+    def read() -> bytes:
+        log.append("read")
+        return served.pop(0)
+
+    # Then each read's data is handed on whole, and before the next read waits
+    for piece in ChunkedBody(read):
+        log.append(piece.decode())
+
+    assert log == ["read", "abc", "read", "de", "read", "fg"]

@@ -184,3 +184,35 @@ def test_chunks_that_need_more_than_the_model_replaced_are_parsed_as_before(api:
     assert all(e["model"] == "mixed" and "usage" not in e for e in events[:-1])
     row = UsageRecord.objects.get()
     assert (row.input_tokens, row.output_tokens, row.usage_estimated) == (4, 3, False)
+
+
+def chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@pytest.mark.django_db
+def test_chunks_that_arrive_together_go_out_to_the_client_in_one_write(api: Api, catalog: Catalog) -> None:
+    # Given a provider whose three content chunks reach Tollway in one read (a busy worker
+    # reads a stream less often than the provider writes it), each in its own HTTP chunk
+    words = ["one", " two", " three", " four"]
+    events = [compact(content(w)) for w in words]
+    usage = compact({**CHUNK, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    together = b"".join(chunked(b"data: %s\n\n" % e.encode()) for e in events[1:])
+    ending = chunked(b"data: %s\n\ndata: [DONE]\n\n" % usage.encode()) + b"0\r\n\r\n"
+    server = RawServer(pieces=[head, chunked(b"data: %s\n\n" % events[0].encode()), together, ending], pause=0.2)
+    catalog.add_http_model("together", Upstream(base_url=f"http://127.0.0.1:{server.port}/v1", port=server.port), "up")
+
+    response = api.chat({"model": "together", "messages": user("hi"), "stream": True})
+    writes = list(response.streaming_content)
+
+    # Then the three go out in one write, in order, each as the provider sent it but for the model
+    expected = b"".join(
+        b"data: %s\n\n" % e.replace('"model":"up"', '"model":"together"').replace(',"usage":null', "").encode()
+        for e in events[1:]
+    )
+    assert writes[1] == expected
+    assert writes[-1] == b"data: [DONE]\n\n"
+    # And the call is billed from the provider's usage
+    row = UsageRecord.objects.get()
+    assert (row.input_tokens, row.output_tokens, row.usage_estimated) == (5, 4, False)
