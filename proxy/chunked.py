@@ -50,47 +50,52 @@ class ChunkedBody:
         buf, pos = self._leading, 0
         self._leading = b""
         held: list[bytes] = []  # data read but not yet handed on: all of one read goes as one piece
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:  # a chunk header still to come
-                if len(buf) - pos > MAX_LINE:
-                    raise _bad("chunk header too long")
-                if held:  # never hold data while waiting for more
-                    yield held[0] if len(held) == 1 else b"".join(held)
-                    held = []
-                buf, pos = buf[pos:] + _more(read), 0
-                continue
-            size = _size(buf[pos:eol])
-            if size == 0:  # the last chunk: its trailers, up to the empty line
-                if held:
-                    yield held[0] if len(held) == 1 else b"".join(held)
-                    held = []
-                buf, trailers = buf[pos:], eol + 2 - pos
-                while (end := _trailers_end(buf, trailers)) < 0:
-                    if len(buf) > MAX_LINE:
-                        raise _bad("trailers too long")
-                    buf += _more(read)
-                self.tail, self.rest = buf[:end], buf[end:]
-                return
-            pos = eol + 2
-            while size:  # the chunk's data, handed on as it comes
-                if pos == len(buf):
+        try:
+            while True:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:  # a chunk header still to come
+                    if len(buf) - pos > MAX_LINE:
+                        raise _bad("chunk header too long")
+                    if held:  # never hold data while waiting for more
+                        yield held[0] if len(held) == 1 else b"".join(held)
+                        held = []
+                    buf, pos = buf[pos:] + _more(read), 0
+                    continue
+                size = _size(buf[pos:eol])
+                if size == 0:  # the last chunk: its trailers, up to the empty line
                     if held:
                         yield held[0] if len(held) == 1 else b"".join(held)
                         held = []
-                    buf, pos = _more(read), 0
-                piece = buf[pos : pos + size]
-                pos += len(piece)
-                size -= len(piece)
-                held.append(piece)
-            while len(buf) - pos < 2:
-                if held:
-                    yield held[0] if len(held) == 1 else b"".join(held)
-                    held = []
-                buf, pos = buf[pos:] + _more(read), 0
-            if buf[pos : pos + 2] != b"\r\n":
-                raise _bad("no CRLF after a chunk's data")
-            pos += 2
+                    buf, trailers = buf[pos:], eol + 2 - pos
+                    while (end := _trailers_end(buf, trailers)) < 0:
+                        if len(buf) > MAX_LINE:
+                            raise _bad("trailers too long")
+                        buf += _more(read)
+                    self.tail, self.rest = buf[:end], buf[end:]
+                    return
+                pos = eol + 2
+                while size:  # the chunk's data, handed on as it comes
+                    if pos == len(buf):
+                        if held:
+                            yield held[0] if len(held) == 1 else b"".join(held)
+                            held = []
+                        buf, pos = _more(read), 0
+                    piece = buf[pos : pos + size]
+                    pos += len(piece)
+                    size -= len(piece)
+                    held.append(piece)
+                while len(buf) - pos < 2:
+                    if held:
+                        yield held[0] if len(held) == 1 else b"".join(held)
+                        held = []
+                    buf, pos = buf[pos:] + _more(read), 0
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise _bad("no CRLF after a chunk's data")
+                pos += 2
+        except httpx.RemoteProtocolError:
+            if held:  # what came before the malformed part is the provider's: hand it on first
+                yield held[0] if len(held) == 1 else b"".join(held)
+            raise
 
 
 def _more(read: Callable[[], bytes]) -> bytes:

@@ -187,3 +187,24 @@ def test_the_chunks_one_read_brought_are_handed_on_as_one_piece_before_the_next_
         log.append(piece.decode())
 
     assert log == ["read", "abc", "read", "de", "read", "fg"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "handed_on"),
+    [(b"zz\r\n", b"a"), (b"4\r\nbcdeX\r\n", b"abcde")],
+    ids=["illegal chunk header", "no CRLF after the data"],
+)
+def test_the_chunks_before_a_malformed_one_in_the_same_read_are_handed_on_before_the_error(
+    bad: bytes, handed_on: bytes
+) -> None:
+    # Given a read whose whole chunk is followed by a malformed one
+    served = [chunk(b"a") + bad]
+    pieces: list[bytes] = []
+
+    # Then the data read before the fault is handed on (relayed, and counted if the stream
+    # is billed from its text), as it was chunk by chunk, and only then is the body a
+    # protocol error
+    with pytest.raises(httpx.RemoteProtocolError):
+        for piece in ChunkedBody(lambda: served.pop(0)):
+            pieces.append(piece)
+    assert b"".join(pieces) == handed_on
